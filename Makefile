@@ -1,0 +1,35 @@
+# Two entry points (see README): `make run` and `make test`. Both build .venv when it is missing.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+# A CPU wheel; set TORCH_SPEC (and PIP_EXTRA_INDEX_URL) for a CUDA build on GPU machines.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: env run test test-slow lint bench clean-env
+
+env: $(VENV)/.ready
+
+$(VENV)/.ready: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -e ".[dev]"
+	@touch $@
+
+run: env
+	$(BIN)/refloop world sample "two red circles above a blue square" --out runs/sample.png
+	$(BIN)/refloop world check "two red circles above a blue square" runs/sample.png
+
+test: env
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest
+
+test-slow: env
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m slow
+
+lint: env
+	$(BIN)/ruff check .
+
+bench: env
+	$(BIN)/refloop world bench
+
+clean-env:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""The reflection loop: LangGraph graph, session runner, trajectory store, CLI and viewer."""

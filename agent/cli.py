@@ -1,0 +1,37 @@
+"""The `refloop` command: one typer app, sub-commands grouped by what users do."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+import typer
+
+from agent.cli_world import world_app
+
+app = typer.Typer(
+    help="refloop: generate -> critique -> revise loops on local models, and the tools around them.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(world_app, name="world")
+
+
+def _version(value: bool) -> None:
+    if value:
+        try:
+            typer.echo(version("refloop"))
+        except PackageNotFoundError:
+            typer.echo("refloop (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    _: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """refloop: an agentic reflection loop orchestrator."""
+
+
+if __name__ == "__main__":
+    app()

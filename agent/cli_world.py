@@ -1,0 +1,132 @@
+"""`refloop world ...`: the embedded ShapeWorld, from the command line.
+
+Exit codes: 0 success (or "satisfied"), 1 "not satisfied", 2 bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from world import check_image, parse_prompt, random_scene, render, scene_for_prompt, suite
+from world.grammar import PromptError
+from world.io import grid, load_png, save_png
+from world.spec import FAMILIES
+
+world_app = typer.Typer(help="The embedded ShapeWorld: sample, check, benchmark, prompt suites.", no_args_is_help=True)
+console = Console()
+errors = Console(stderr=True)
+
+
+def bad_input(message: str) -> typer.Exit:
+    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(2)
+
+
+@world_app.command()
+def sample(
+    prompts: list[str] = typer.Argument(..., help="One or more prompts, e.g. 'two red circles above a blue square'."),
+    out: Path = typer.Option(..., "--out", "-o", help="PNG file to write (a grid when several prompts)."),
+    seed: int = typer.Option(0, help="Random seed; the same seed gives the same scenes."),
+) -> None:
+    """Render one correct scene per prompt."""
+    try:
+        parsed = [parse_prompt(p) for p in prompts]
+    except PromptError as e:
+        raise bad_input(str(e)) from None
+    rng = np.random.default_rng(seed)
+    images = render([scene_for_prompt(p, rng) for p in parsed])
+    try:
+        save_png(out, images[0] if len(images) == 1 else grid(images))
+    except OSError as e:
+        raise bad_input(f"cannot write {out}: {e}") from None
+    console.print(f"wrote {out} ({len(images)} scene{'s' if len(images) > 1 else ''})")
+
+
+@world_app.command()
+def check(
+    prompt: str = typer.Argument(..., help="The prompt the image should satisfy."),
+    image: Path = typer.Argument(..., help="A 64x64 PNG."),
+    as_json: bool = typer.Option(False, "--json", help="Print the verdict as JSON."),
+) -> None:
+    """Judge an image against a prompt: exit 0 when satisfied, 1 when not, 2 on bad input."""
+    try:
+        verdict = check_image(parse_prompt(prompt), load_png(image))
+    except (PromptError, ValueError) as e:
+        raise bad_input(str(e)) from None
+    if as_json:
+        typer.echo(json.dumps(verdict.model_dump() | {"reason": verdict.reason}, indent=2))
+    else:
+        mark = "[green]satisfied[/]" if verdict.ok else "[red]not satisfied[/]"
+        console.print(f"{mark}: {verdict.prompt!r} ({verdict.family})", highlight=False)
+        table = Table("shape", "colour", "centroid (x, y)", "box (x0, y0, x1, y1)", title="objects read")
+        for o in verdict.objects:
+            table.add_row(o.shape, o.color, f"{o.centroid[0]:.1f}, {o.centroid[1]:.1f}", ", ".join(map(str, o.box)))
+        console.print(table)
+        console.print(f"reason: {verdict.reason}", highlight=False)
+    raise typer.Exit(0 if verdict.ok else 1)
+
+
+@world_app.command("suite")
+def suite_cmd(
+    split: str = typer.Argument(..., help="train, dev or test."),
+    out: Path = typer.Option(None, "--out", "-o", help="JSONL file to write (default: print)."),
+    per_family: int = typer.Option(None, min=1, help="Prompts per family (default: the split's size)."),
+) -> None:
+    """Export a fixed prompt suite as JSONL (id, prompt, family, seed, held_out)."""
+    try:
+        items = suite(split, per_family)
+    except ValueError as e:
+        raise bad_input(str(e)) from None
+    lines = "".join(item.model_dump_json() + "\n" for item in items)
+    if out is None:
+        typer.echo(lines, nl=False)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(lines)
+    os.replace(tmp, out)
+    console.print(f"wrote {len(items)} prompts to {out}")
+
+
+def _one_core() -> None:
+    """Pin this process to one CPU so that the figure is per core."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+
+@world_app.command()
+def bench(
+    scenes: int = typer.Option(20_000, min=100, help="Scenes to sample and render."),
+    parse_images: int = typer.Option(2_000, min=10, help="Images to parse and verify."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Throughput of the world on one core: scene sampling, rendering, parsing + verifying."""
+    _one_core()
+    rng = np.random.default_rng(seed)
+    t0 = time.perf_counter()
+    batch = [random_scene(rng) for _ in range(scenes)]
+    t_sample = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for i in range(0, scenes, 1024):
+        images = render(batch[i : i + 1024])
+    t_render = time.perf_counter() - t0
+    items = suite("dev", per_family=max(1, parse_images // len(FAMILIES)))
+    prompts = [parse_prompt(it.prompt) for it in items]
+    images = render([scene_for_prompt(p, rng) for p in prompts])
+    t0 = time.perf_counter()
+    correct = sum(check_image(p, img).ok for p, img in zip(prompts, images))
+    t_check = time.perf_counter() - t0
+    table = Table("stage", "items", "seconds", "per second", title="ShapeWorld on one core")
+    table.add_row("sample scenes", str(scenes), f"{t_sample:.2f}", f"{scenes / t_sample:,.0f}")
+    table.add_row("render scenes", str(scenes), f"{t_render:.2f}", f"{scenes / t_render:,.0f}")
+    table.add_row("parse + verify images", str(len(images)), f"{t_check:.2f}", f"{len(images) / t_check:,.0f}")
+    console.print(table)
+    console.print(f"sanity: {correct}/{len(images)} rendered dev scenes verified correct")

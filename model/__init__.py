@@ -1,0 +1,1 @@
+"""Local model backends (generator, editor, critic, judge) and the embedded ShapeWorld models."""

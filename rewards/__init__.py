@@ -1,0 +1,1 @@
+"""Reward functions behind one interface: verifier, learned reward models, shaping."""
