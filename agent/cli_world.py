@@ -15,9 +15,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from world import check_image, parse_prompt, random_scene, render, scene_for_prompt, suite
+from world import check_image, parse_image, parse_prompt, random_scene, render, scene_for_prompt, suite
 from world.grammar import PromptError
 from world.io import grid, load_png, save_png
+from world.parse import same_objects
+from world.render import degrade
 from world.spec import FAMILIES
 
 world_app = typer.Typer(help="The embedded ShapeWorld: sample, check, benchmark, prompt suites.", no_args_is_help=True)
@@ -130,3 +132,11 @@ def bench(
     table.add_row("parse + verify images", str(len(images)), f"{t_check:.2f}", f"{len(images) / t_check:,.0f}")
     console.print(table)
     console.print(f"sanity: {correct}/{len(images)} rendered dev scenes verified correct")
+    robustness = Table("images", "blur sigma", "noise sigma", "scenes read exactly", title="parser accuracy")
+    truth = batch[:parse_images]
+    clean = render(truth)
+    for blur, noise in [(0.0, 0.0), (0.8, 20.0), (1.2, 20.0)]:
+        read = [parse_image(degrade(img, rng, blur, noise) if blur else img) for img in clean]
+        exact = np.mean([same_objects(s, p) for s, p in zip(truth, read)])
+        robustness.add_row(str(len(truth)), f"{blur}", f"{noise}", f"{exact:.1%}")
+    console.print(robustness)

@@ -2,24 +2,11 @@
 
 import numpy as np
 import pytest
-from conftest import degrade
 
 from world import Obj, Scene, check_image, parse_image, parse_prompt, random_scene, render, render_one, suite
+from world.parse import same_objects
+from world.render import degrade
 from world.synth import PERTURBATIONS, perturb_scene, scene_for_prompt
-
-
-def same_objects(scene, parsed, tol):
-    if parsed.blobs or len(parsed.objects) != len(scene.objects):
-        return False
-    left = list(parsed.objects)
-    for o in scene.objects:
-        cx, cy = o.centroid
-        match = [p for p in left if p.shape == o.shape and p.color == o.color
-                 and abs(p.centroid[0] - cx) <= tol and abs(p.centroid[1] - cy) <= tol]
-        if not match:
-            return False
-        left.remove(match[0])
-    return True
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +19,7 @@ def scenes():
 def test_recovers_every_object_of_1000_clean_scenes(scenes):
     for scene, img in zip(*scenes):
         parsed = parse_image(img)
-        assert same_objects(scene, parsed, tol=0.75), (scene, parsed)
+        assert same_objects(scene, parsed, tolerance=0.75), (scene, parsed)
         for o in scene.objects:
             if o.shape != "triangle":  # a triangle's 1-pixel apex row may vanish in the opening
                 assert o.box in [p.box for p in parsed.objects]
@@ -40,7 +27,7 @@ def test_recovers_every_object_of_1000_clean_scenes(scenes):
 
 def test_recovers_95_percent_under_blur_and_noise(scenes):
     rng = np.random.default_rng(8)
-    recovered = [same_objects(s, parse_image(degrade(img, rng)), tol=1.0) for s, img in zip(*scenes)]
+    recovered = [same_objects(s, parse_image(degrade(img, rng))) for s, img in zip(*scenes)]
     assert np.mean(recovered) >= 0.95, np.mean(recovered)
 
 

@@ -161,7 +161,8 @@ def _move(scene: Scene, hits: list[int], refs: list[int], relation: str, rng: np
             o = scene.objects[i]
             x, y = int(rng.integers(0, CANVAS - o.size + 1)), int(rng.integers(0, CANVAS - o.size + 1))
             moved.append(o.model_copy(update={"x": x, "y": y}))
-        ok = all(holds(relation, m.centroid, r.centroid) for m in moved for r in ref_objs)
+        # clear of the margin, so that the target reads unambiguously off pixels too
+        ok = all(holds(relation, m.centroid, r.centroid, 2 * RELATION_TOLERANCE) for m in moved for r in ref_objs)
         if ok:
             try:
                 return Scene(objects=tuple(staying + moved))

@@ -163,3 +163,19 @@ def _component_color(pixels: np.ndarray, labels: np.ndarray) -> tuple[int, float
         return -1, 0.0
     votes = labels[labels >= 0]
     return int(index), float((votes == index).mean()) if votes.size else 0.0
+
+
+def same_objects(scene, parsed: ParsedImage, tolerance: float = 1.0) -> bool:
+    """Did parsing recover exactly the scene's objects (shape, colour, centroid within
+    `tolerance` px), and nothing else?"""
+    if parsed.blobs or len(parsed.objects) != len(scene.objects):
+        return False
+    left = list(parsed.objects)
+    for o in scene.objects:
+        cx, cy = o.centroid
+        match = [p for p in left if p.shape == o.shape and p.color == o.color
+                 and abs(p.centroid[0] - cx) <= tolerance and abs(p.centroid[1] - cy) <= tolerance]
+        if not match:
+            return False
+        left.remove(match[0])
+    return True

@@ -52,3 +52,15 @@ def render(scenes: Sequence[Scene]) -> np.ndarray:
 
 def render_one(scene: Scene) -> np.ndarray:
     return render([scene])[0]
+
+
+def degrade(image: np.ndarray, rng: np.random.Generator, blur: float = 0.8, noise: float = 20.0) -> np.ndarray:
+    """Gaussian blur (sigma, pixels) then Gaussian pixel noise: how a generated image may look.
+    For testing the parser and augmenting critic data, never for a model's inference."""
+    from scipy import ndimage
+
+    f = image.astype(np.float32)
+    if blur > 0:
+        f = ndimage.gaussian_filter(f, sigma=(blur, blur, 0))
+    f += rng.normal(0.0, noise, f.shape)
+    return np.clip(np.rint(f), 0, 255).astype(np.uint8)

@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+
+from world import EditError, Obj, Scene, apply_edit, check_edit, make_edit_pair, parse_edit, parse_image, render_one
+from world.grammar import PromptError
+from world.synth import random_scene
+from world.verify import holds
+
+
+def S(*objs):
+    return Scene(objects=tuple(Obj(shape=s, color=c, x=x, y=y, size=12) for s, c, x, y in objs))
+
+
+SCENE = S(("circle", "red", 2, 2), ("square", "blue", 40, 40), ("triangle", "green", 2, 40), ("circle", "red", 40, 2))
+
+
+@pytest.mark.parametrize("text", [
+    "add two yellow squares", "add a circle", "remove the blue square", "remove the red circles",
+    "remove two red circles", "make the green triangle red", "make the circles purple",
+    "move the red circle to the left of the blue square", "move the triangle above the blue square",
+])
+def test_edit_text_round_trip(text):
+    assert parse_edit(text).text == text
+
+
+@pytest.mark.parametrize("text,word", [
+    ("paint the circle red", "'paint'"), ("make the circle", "ends too early"),
+    ("move the circle beside the square", "'beside'"), ("make a circle red", "'a'"),
+    ("add five circles", "'five'"), ("remove the blue square please", "'please'"),
+])
+def test_bad_edits_name_the_word(text, word):
+    with pytest.raises(PromptError, match=word):
+        parse_edit(text)
+
+
+def test_apply_each_action():
+    rng = np.random.default_rng(0)
+    names = lambda s: sorted(o.name for o in s.objects)  # noqa: E731
+    assert names(apply_edit(SCENE, "add two yellow squares", rng)).count("yellow square") == 2
+    assert "blue square" not in names(apply_edit(SCENE, "remove the blue square", rng))
+    assert names(apply_edit(SCENE, "remove the red circles", rng)) == ["blue square", "green triangle"]
+    assert names(apply_edit(SCENE, "make the triangle red", rng)).count("red triangle") == 1
+    moved = apply_edit(SCENE, "move the triangle above the blue square", rng)
+    tri = next(o for o in moved.objects if o.shape == "triangle")
+    square = next(o for o in moved.objects if o.shape == "square")
+    assert holds("above", tri.centroid, square.centroid) and [o for o in moved.objects if o.shape != "triangle"] == [
+        o for o in SCENE.objects if o.shape != "triangle"]
+
+
+@pytest.mark.parametrize("text,message", [
+    ("remove the red circle", "ambiguous"),
+    ("make the purple square red", "no purple square"),
+    ("remove three red circles", "only 2"),
+    ("add three squares", "exceed 6"),
+])
+def test_edits_that_do_not_apply(text, message):
+    with pytest.raises(EditError, match=message):
+        apply_edit(SCENE, text, np.random.default_rng(0))
+
+
+def test_edit_pairs_are_applied_and_checkable():
+    rng = np.random.default_rng(3)
+    actions = set()
+    for _ in range(300):
+        pair = make_edit_pair(rng, random_scene(rng))
+        actions.add(pair.instruction.split()[0])
+        done = check_edit(pair.source, pair.instruction, list(parse_image(render_one(pair.target)).objects))
+        undone = check_edit(pair.source, pair.instruction, list(parse_image(render_one(pair.source)).objects))
+        assert done.ok, (pair.instruction, done.reason)
+        assert not undone.ok, pair.instruction  # every pair changes something
+    assert actions == {"add", "remove", "make", "move"}
+
+
+def test_check_edit_catches_collateral_damage():
+    rng = np.random.default_rng(0)
+    target = apply_edit(SCENE, "make the triangle red", rng)
+    broken = apply_edit(target, "remove the blue square", rng)
+    result = check_edit(SCENE, "make the triangle red", list(parse_image(render_one(broken)).objects))
+    assert not result.ok and "blue square" in result.reason
