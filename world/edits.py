@@ -12,6 +12,7 @@ named keep their shape, colour and place.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -20,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from world.grammar import PromptError, _Reader, describe
 from world.parse import ParsedObject
 from world.scene import Obj, Scene
-from world.spec import CANVAS, COLOR_NAMES, MAX_OBJECTS, RELATIONS, SHAPES, Color, Relation, Shape
+from world.spec import CANVAS, COLOR_NAMES, MAX_OBJECTS, MAX_SIZE, MIN_SIZE, RELATIONS, SHAPES, Color, Relation, Shape
 from world.synth import PlacementError, colors_for, place
 from world.verify import RELATION_TOLERANCE, as_parsed, holds
 
@@ -109,9 +110,10 @@ def _selector(r: _Reader, definite_only: bool = False) -> Selector:
     return Selector(count=count, color=color, shape=shape, definite=definite)
 
 
-def select(scene: Scene, sel: Selector) -> list[int]:
+def select(scene: Scene | Sequence[ParsedObject], sel: Selector) -> list[int]:
     """Indices of the objects a selector names; EditError when it names none or is ambiguous."""
-    hits = [i for i, o in enumerate(scene.objects) if sel.matches(o)]
+    objects = scene.objects if isinstance(scene, Scene) else scene
+    hits = [i for i, o in enumerate(objects) if sel.matches(o)]
     if not hits:
         raise EditError(f"there is no {' '.join(filter(None, [sel.color, sel.shape]))} to edit")
     if sel.definite and sel.count == 1 and len(hits) > 1:
@@ -260,19 +262,19 @@ def _take(pool: list[ParsedObject], shape: str, color: str | None, near: tuple[f
     return False
 
 
-def check_edit(source: Scene, edit: Edit | str, result: list[ParsedObject]) -> EditCheck:
-    """Was `edit` carried out on `source` (whose truth is known), judging the objects read
-    off the edited image? Objects the edit does not name must stay (shape, colour, centroid
-    within KEEP_TOLERANCE px); nothing else may appear."""
+def check_edit(source: Scene | Sequence[ParsedObject], edit: Edit | str, result: Sequence[ParsedObject]) -> EditCheck:
+    """Was `edit` carried out on `source` (a scene, or the objects read off the source image),
+    judging the objects read off the edited image? Objects the edit does not name must stay
+    (shape, colour, centroid within KEEP_TOLERANCE px); nothing else may appear."""
     edit = parse_edit(edit) if isinstance(edit, str) else edit
     pool = list(result)
-    src = [as_parsed(o) for o in source.objects]
+    src = [as_parsed(o) for o in source.objects] if isinstance(source, Scene) else list(source)
     try:
-        hits = [] if edit.action == "add" else select(source, edit.target)
+        hits = [] if edit.action == "add" else select(src, edit.target)
     except EditError as e:
         return _failed(f"the edit does not apply to the source: {e}")
     if edit.action == "remove" and not edit.target.definite:
-        hits = [i for i, o in enumerate(source.objects) if edit.target.matches(o)]  # any `count` of these
+        hits = [i for i, o in enumerate(src) if edit.target.matches(o)]  # any `count` of these
         removable = len(hits) - edit.target.count
         kept_any = [i for i in hits if _take(pool, src[i].shape, src[i].color, src[i].centroid)]
         if len(kept_any) != removable:
@@ -291,7 +293,7 @@ def check_edit(source: Scene, edit: Edit | str, result: list[ParsedObject]) -> E
             if not _take(pool, src[i].shape, edit.new_color, src[i].centroid):
                 return _failed(f"the {src[i].shape} was not made {edit.new_color} in place")
     elif edit.action == "move":
-        refs = [src[i] for i in select(source, edit.reference)]
+        refs = [src[i] for i in select(src, edit.reference)]
         for i in hits:
             moved = [p for p in pool if p.shape == src[i].shape and p.color == src[i].color]
             good = [p for p in moved if all(holds(edit.relation, p.centroid, r.centroid, RELATION_TOLERANCE)
@@ -303,3 +305,19 @@ def check_edit(source: Scene, edit: Edit | str, result: list[ParsedObject]) -> E
         names = ", ".join(p.name for p in pool)
         return _failed(f"unexpected objects after the edit: {names}")
     return EditCheck(ok=True, reason="the edit was carried out and everything else kept")
+
+
+def scene_from_parsed(objects: Sequence[ParsedObject]) -> Scene | None:
+    """A scene close to what was read off an image (to pick an edit for a generated image);
+    None when the objects do not make a valid scene (too close, too small, too many)."""
+    objs = []
+    for o in objects:
+        x0, y0, x1, y1 = o.box
+        size = max(MIN_SIZE, min(MAX_SIZE, max(x1 - x0, y1 - y0)))
+        x = min(max(0, round(o.centroid[0] - size / 2)), CANVAS - size)
+        y = min(max(0, y1 - size), CANVAS - size)
+        objs.append(Obj(shape=o.shape, color=o.color, x=x, y=y, size=size))
+    try:
+        return Scene(objects=tuple(objs))
+    except ValueError:
+        return None

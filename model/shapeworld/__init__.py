@@ -1,0 +1,1 @@
+"""The embedded ShapeWorld models: trained from scratch here, shipped with the package."""

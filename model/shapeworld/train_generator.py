@@ -1,0 +1,217 @@
+"""Training recipe of the embedded generator: autoencoder, then denoiser + text encoder.
+
+Seeded and reproducible (batch k is a function of (seed, k)), resumable (atomic
+checkpoints every `checkpoint_every` steps; a killed run resumes at its last one), CPU by
+default and CUDA when present. The exported pipeline folder records how it was made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from model.shapeworld.build import build_pipeline, build_vae
+from model.shapeworld.config import GeneratorConfig
+from model.shapeworld.data import batch_rng, generator_batch, scene_batch
+from model.shapeworld.pipeline import ShapeWorldPipeline, images_to_tensor
+
+VAE_STAGE, DENOISER_STAGE = 1, 2
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def save_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def progress_bar() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TextColumn("eta"),
+                    TimeRemainingColumn())
+
+
+def log_progress(log: Callable[[str], None], bar: Progress, stage: str, step: int, total: int, loss: float) -> None:
+    """A plain line at each checkpoint when nobody watches the bar (a background run's log)."""
+    if not bar.console.is_terminal:
+        log(f"{stage}: step {step}/{total}, loss {loss:.4f}, checkpoint saved")
+
+
+def train_vae(cfg: GeneratorConfig, work: Path, device: torch.device, log: Callable[[str], None]) -> AutoencoderKL:
+    """Autoencoder on random scenes: L1 + L2 reconstruction, a whisper of KL."""
+    ckpt = work / "vae.pt"
+    torch.manual_seed(cfg.seed)
+    vae = build_vae(cfg).to(device)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae.lr)
+    gen = torch.Generator(device).manual_seed(cfg.seed)  # posterior samples; its state is checkpointed
+    start, elapsed = 0, 0.0
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if "generator" in state:  # absent from checkpoints of older runs
+            gen.set_state(state["generator"])
+        start, elapsed = state["step"], state["elapsed"]
+        log(f"resuming the autoencoder at step {start}")
+    t0 = time.perf_counter() - elapsed
+    with progress_bar() as bar:
+        task = bar.add_task("autoencoder", total=cfg.vae.steps, completed=start, loss=float("nan"))
+        for step in range(start, cfg.vae.steps):
+            x = images_to_tensor(scene_batch(batch_rng(cfg.seed, VAE_STAGE, step), cfg.vae.batch_size), device,
+                                 torch.float32)
+            post = vae.encode(x).latent_dist
+            rec = vae.decode(post.sample(generator=gen)).sample
+            loss = (rec - x).abs().mean() + F.mse_loss(rec, x) + cfg.vae.kl_weight * post.kl().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            bar.update(task, advance=1, loss=loss.item())
+            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.vae.steps:
+                save_atomic({"model": vae.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                             "step": step + 1, "elapsed": time.perf_counter() - t0}, ckpt)
+                log_progress(log, bar, "autoencoder", step + 1, cfg.vae.steps, loss.item())
+    vae.eval().requires_grad_(False)
+    _normalise_latents(vae, cfg, device)
+    return vae
+
+
+@torch.no_grad()
+def _normalise_latents(vae: AutoencoderKL, cfg: GeneratorConfig, device: torch.device) -> None:
+    """Set shift/scale so that the denoiser sees latents of mean 0, std 1."""
+    x = images_to_tensor(scene_batch(batch_rng(cfg.seed, 0, 0), 512), device, torch.float32)
+    z = vae.encode(x).latent_dist.mode()
+    vae.register_to_config(shift_factor=float(z.mean()), scaling_factor=float(1 / z.std()))
+
+
+def train_denoiser(cfg: GeneratorConfig, vae: AutoencoderKL, work: Path, device: torch.device,
+                   log: Callable[[str], None]) -> ShapeWorldPipeline:
+    """Flow matching: x_s = (1 - s) x0 + s noise, predict noise - x0; text and source dropped
+    at random so that both can be guided."""
+    d = cfg.denoiser
+    ckpt = work / "denoiser.pt"
+    torch.manual_seed(cfg.seed)
+    pipe = build_pipeline(cfg, vae=vae).to(device)
+    trained = [pipe.transformer, pipe.text_encoder]
+    params = [p for m in trained for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=d.lr, weight_decay=0.0)
+    sched = get_scheduler("cosine", opt, num_warmup_steps=d.warmup, num_training_steps=max(d.steps, 1))
+    ema = EMAModel(params, decay=d.ema_decay)
+    start, elapsed = 0, 0.0
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        pipe.transformer.load_state_dict(state["transformer"])
+        pipe.text_encoder.load_state_dict(state["text_encoder"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["lr_scheduler"])
+        ema.load_state_dict(state["ema"])
+        start, elapsed = state["step"], state["elapsed"]
+        log(f"resuming the denoiser at step {start}")
+    for m in trained:
+        m.train()
+    t0 = time.perf_counter() - elapsed
+    with progress_bar() as bar:
+        task = bar.add_task("denoiser", total=d.steps, completed=start, loss=float("nan"))
+        for step in range(start, d.steps):
+            rng = batch_rng(cfg.seed, DENOISER_STAGE, step)
+            batch = generator_batch(rng, d.batch_size, d.edit_share)
+            gen = torch.Generator(device).manual_seed(int(rng.integers(2**62)))
+            with torch.no_grad():
+                x0 = pipe.encode_images(batch.targets)
+                source = pipe.encode_images(batch.sources) * torch.as_tensor(batch.has_source, device=device).view(
+                    -1, 1, 1, 1)
+            drop_text = rng.random(len(batch.texts)) < d.drop_text
+            texts = ["" if drop else t for t, drop in zip(batch.texts, drop_text)]
+            keep_source = torch.as_tensor(rng.random(len(texts)) >= d.drop_source, device=device)
+            source = source * keep_source.view(-1, 1, 1, 1)
+            u = torch.randn(len(texts), generator=gen, device=device).sigmoid()  # logit-normal noise levels
+            sigma = d.shift * u / (1 + (d.shift - 1) * u)
+            noise = torch.randn(x0.shape, generator=gen, device=device)
+            s = sigma.view(-1, 1, 1, 1)
+            noisy = (1 - s) * x0 + s * noise
+            hidden, mask = pipe.encode_text(texts)
+            loss = F.mse_loss(pipe.velocity(noisy, source, hidden, mask, sigma), noise - x0)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            ema.step(params)
+            bar.update(task, advance=1, loss=loss.item())
+            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == d.steps:
+                save_atomic({"transformer": pipe.transformer.state_dict(),
+                             "text_encoder": pipe.text_encoder.state_dict(), "optimizer": opt.state_dict(),
+                             "lr_scheduler": sched.state_dict(),
+                             "ema": ema.state_dict(), "step": step + 1, "elapsed": time.perf_counter() - t0}, ckpt)
+                log_progress(log, bar, "denoiser", step + 1, d.steps, loss.item())
+    ema.copy_to(params)
+    for m in trained:
+        m.eval().requires_grad_(False)
+    return pipe
+
+
+def export_pipeline(pipe: ShapeWorldPipeline, out: Path, record: dict) -> Path:
+    """save_pretrained into a temp folder, then swap it in: a crash never leaves half a model."""
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    pipe.save_pretrained(tmp)
+    (tmp / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def train_generator(cfg: GeneratorConfig, work: Path, export: Path, device: str | None = None,
+                    log: Callable[[str], None] = print) -> Path:
+    dev = pick_device(device)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "config.json").write_text(cfg.model_dump_json(indent=2))
+    t0 = time.perf_counter()
+    vae = train_vae(cfg, work, dev, log)
+    t_vae = time.perf_counter() - t0
+    pipe = train_denoiser(cfg, vae, work, dev, log)
+    stages = {name: torch.load(work / f"{name}.pt", map_location="cpu", weights_only=False)
+              for name in ("vae", "denoiser") if (work / f"{name}.pt").exists()}
+    record = {
+        "command": " ".join(["refloop", *sys.argv[1:]]) if Path(sys.argv[0]).name == "refloop" else " ".join(sys.argv),
+        "config": cfg.model_dump(),
+        "steps": {"autoencoder": cfg.vae.steps, "denoiser": cfg.denoiser.steps},
+        "examples_seen": {"autoencoder": cfg.vae.steps * cfg.vae.batch_size,
+                          "denoiser": cfg.denoiser.steps * cfg.denoiser.batch_size},
+        "wall_seconds": {name: round(s["elapsed"], 1) for name, s in stages.items()},
+        "this_session_seconds": {"autoencoder": round(t_vae, 1), "total": round(time.perf_counter() - t0, 1)},
+        "device": str(dev) + ("" if dev.type == "cpu" else f" ({torch.cuda.get_device_name(dev)})"),
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "git_commit": git_commit(),
+        "seed": cfg.seed,
+    }
+    return export_pipeline(pipe.to("cpu"), export, record)
