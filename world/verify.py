@@ -32,6 +32,7 @@ class Defect(BaseModel):
     found_color: str | None = None  # wrong_color: the colour that is there instead
     expected: int | None = None
     found: int | None = None
+    count: int = 1  # objects to add (missing) or remove (extra) to mend this defect
 
 
 class Verdict(BaseModel):
@@ -51,7 +52,8 @@ def count_words(n: int) -> str:
 
 
 def _count_defects(prompt: Prompt, objects: Sequence[ParsedObject]) -> list[Defect]:
-    """Per shape: coloured groups need their exact colours; uncoloured ones take what is left."""
+    """Per shape: coloured groups need their exact colours, uncoloured groups take any of the
+    rest. A missing colour beside a spare object of the same shape is a wrong colour."""
     have = Counter((o.shape, o.color) for o in objects)
     defects: list[Defect] = []
     for shape in SHAPES:
@@ -60,38 +62,48 @@ def _count_defects(prompt: Prompt, objects: Sequence[ParsedObject]) -> list[Defe
             if g.shape == shape and g.color is not None:
                 need[g.color] += g.count
         any_color = sum(g.count for g in prompt.groups if g.shape == shape and g.color is None)
-        colors = {c for (s, c) in have if s == shape}
-        missing = {c: need[c] - have[shape, c] for c in need if have[shape, c] < need[c]}
-        surplus = [c for c in sorted(colors) for _ in range(have[shape, c] - need[c])]
-        pool = len(surplus)
-        if any_color:
-            if pool != any_color:
-                total_found = pool + sum(have[shape, c] for c in need if c not in missing) + sum(
-                    have[shape, c] for c in missing)
-                total_need = any_color + sum(need.values())
-                kind = "missing" if pool < any_color else "extra"
+        colors = sorted(c for (s, c) in have if s == shape)
+        missing = {c: need[c] - have[shape, c] for c in sorted(need) if have[shape, c] < need[c]}
+        spare = [c for c in colors for _ in range(have[shape, c] - need[c])]  # not taken by coloured groups
+        free = len(spare) - any_color  # > 0: more than the uncoloured groups take
+        for color in list(missing):
+            while missing[color] and free > 0:  # a missing red circle beside a spare green circle
+                other = _take_spare(spare, need)
+                missing[color] -= 1
+                free -= 1
                 defects.append(Defect(
-                    kind=kind, shape=shape, expected=total_need, found=total_found,
-                    message=f"expected {describe(total_need, None, shape)}, found {count_words(total_found)}"))
-            surplus = []  # uncoloured groups absorb (or are short of) the rest
-        for color, short in missing.items():
-            while short and surplus:  # a missing red circle beside an extra green circle
-                other = surplus.pop(0)
-                short -= 1
-                defects.append(Defect(
-                    kind="wrong_color", shape=shape, color=color, found_color=other, expected=1, found=0,
+                    kind="wrong_color", shape=shape, color=color, found_color=other, expected=1, found=0, count=1,
                     message=f"expected {describe(1, color, shape)}, found {describe(1, other, shape)} instead"))
+        for color, short in missing.items():
             if short:
                 found = have[shape, color]
                 defects.append(Defect(
-                    kind="missing", shape=shape, color=color, expected=need[color], found=found,
+                    kind="missing", shape=shape, color=color, expected=need[color], found=found, count=short,
                     message=f"expected {describe(need[color], color, shape)}, found {count_words(found)}"))
-        for color, n in Counter(surplus).items():
-            extra = "an extra" if n == 1 else f"{count_words(n)} extra"
-            noun = f"{color} {shape}" + ("s" if n > 1 else "")
-            defects.append(Defect(kind="extra", shape=shape, found_color=color, expected=0, found=n,
-                                  message=f"found {extra} {noun}"))
+        if free == 0:
+            continue
+        if any_color:  # the uncoloured groups are short of, or offered too many, objects of this shape
+            total_need = any_color + sum(need.values())
+            total_found = sum(have[shape, c] for c in colors)
+            defects.append(Defect(
+                kind="missing" if free < 0 else "extra", shape=shape, expected=total_need, found=total_found,
+                count=abs(free),
+                message=f"expected {describe(total_need, None, shape)}, found {count_words(total_found)}"))
+        else:
+            for color, n in sorted(Counter(spare).items()):
+                extra = "an extra" if n == 1 else f"{count_words(n)} extra"
+                noun = f"{color} {shape}" + ("s" if n > 1 else "")
+                defects.append(Defect(kind="extra", shape=shape, found_color=color, expected=0, found=n, count=n,
+                                      message=f"found {extra} {noun}"))
     return defects
+
+
+def _take_spare(spare: list[str], need: Counter) -> str:
+    """The spare object to call mis-coloured: one of a colour the prompt does not ask for, if any."""
+    for i, c in enumerate(spare):
+        if c not in need:
+            return spare.pop(i)
+    return spare.pop(0)
 
 
 def holds(relation: str, a: tuple[float, float], b: tuple[float, float], tolerance: float = 0.0) -> bool:
@@ -116,24 +128,35 @@ def where_is(a: tuple[float, float], b: tuple[float, float], relation: str) -> s
     return "level with"
 
 
-def _relation_defect(prompt: Prompt, objects: Sequence[ParsedObject], tolerance: float) -> Defect | None:
-    """Try every assignment of objects to the two groups that respects the counts."""
+def assign_groups(
+    prompt: Prompt, objects: Sequence[ParsedObject], tolerance: float = 0.0
+) -> tuple[int, list[ParsedObject], list[ParsedObject]] | None:
+    """The assignment of objects to a relational prompt's two groups (respecting counts) that
+    breaks the fewest pairs: (broken pairs, group A, group B); None if the counts cannot hold."""
     ga, gb = prompt.groups
     choices = [[k for k, g in enumerate(prompt.groups) if g.matches(o.shape, o.color)] for o in objects]
-    best: tuple[int, list, list] | None = None
+    best = None
     for assign in itertools.product(*choices):
         a = [o for o, k in zip(objects, assign) if k == 0]
         b = [o for o, k in zip(objects, assign) if k == 1]
         if len(a) != ga.count or len(b) != gb.count:
             continue
         broken = sum(not holds(prompt.relation, x.centroid, y.centroid, tolerance) for x in a for y in b)
-        if broken == 0:
-            return None
         if best is None or broken < best[0]:
             best = (broken, a, b)
+            if broken == 0:
+                break
+    return best
+
+
+def _relation_defect(prompt: Prompt, objects: Sequence[ParsedObject], tolerance: float) -> Defect | None:
+    ga, gb = prompt.groups
+    best = assign_groups(prompt, objects, tolerance)
     if best is None:  # counts hold, so some assignment exists; be safe anyway
         return Defect(kind="relation", message=f"cannot tell which objects are {ga.text} and {gb.text}")
-    _, a, b = best
+    broken, a, b = best
+    if broken == 0:
+        return None
     subject = _definite(ga)
     obj = _definite(gb)
     verb = "is" if ga.count == 1 else "are"
