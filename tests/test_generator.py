@@ -18,7 +18,7 @@ from world import make_edit_pair, random_scene, suite
 
 TINY = {
     "seed": 0, "checkpoint_every": 2,
-    "vae": {"steps": 4, "batch_size": 2, "block_out_channels": [8, 8, 8]},
+    "vae": {"steps": 4, "batch_size": 2, "block_out_channels": [8, 8, 8], "decoder_steps": 4},
     "denoiser": {"steps": 4, "batch_size": 4, "num_layers": 2, "heads": 2, "head_dim": 8, "text_hidden": 16,
                  "text_layers": 1, "warmup": 1},
 }
@@ -79,32 +79,27 @@ def test_resumed_training_equals_uninterrupted(tmp_path, monkeypatch):
     cfg = GeneratorConfig.model_validate(TINY)
     straight = tg.train_generator(cfg, tmp_path / "a", tmp_path / "a_out", "cpu", log=lambda m: None)
 
-    calls = {"scene": 0, "gen": 0}
-    real_scene, real_gen = tg.scene_batch, tg.generator_batch
+    crash_at = {(tg.VAE_STAGE, 2), (tg.DENOISER_STAGE, 2), (tg.DECODER_STAGE, 2)}  # after each step-2 checkpoint
+    real_rng = tg.batch_rng
 
-    def crash_scene(*a, **k):  # dies at autoencoder step 3, after the step-2 checkpoint
-        calls["scene"] += 1
-        if calls["scene"] == 3:
-            raise KeyboardInterrupt
-        return real_scene(*a, **k)
+    def crashing_rng(seed, stage, step):
+        if (stage, step) in crash_at:
+            crash_at.remove((stage, step))
+            raise KeyboardInterrupt  # as if killed mid-stage
+        return real_rng(seed, stage, step)
 
-    def crash_gen(*a, **k):  # dies at denoiser step 3
-        calls["gen"] += 1
-        if calls["gen"] == 3:
-            raise KeyboardInterrupt
-        return real_gen(*a, **k)
-
-    monkeypatch.setattr(tg, "scene_batch", crash_scene)
-    monkeypatch.setattr(tg, "generator_batch", crash_gen)
+    monkeypatch.setattr(tg, "batch_rng", crashing_rng)
     messages = []
-    for _ in range(3):
+    for _ in range(4):
         try:
             resumed = tg.train_generator(cfg, tmp_path / "b", tmp_path / "b_out", "cpu", log=messages.append)
             break
         except KeyboardInterrupt:
             continue
+    assert not crash_at
     assert any("resuming the autoencoder at step 2" in m for m in messages)
     assert any("resuming the denoiser at step 2" in m for m in messages)
+    assert any("resuming the decoder at step 2" in m for m in messages)
     a, b = load_generator(straight), load_generator(resumed)
     for name in ("transformer", "text_encoder", "vae"):
         sa, sb = getattr(a, name).state_dict(), getattr(b, name).state_dict()

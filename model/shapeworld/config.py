@@ -20,6 +20,8 @@ class VAEConfig(Strict):
     batch_size: int = Field(32, ge=1)
     lr: float = Field(2e-3, gt=0)
     kl_weight: float = Field(1e-6, ge=0)
+    decoder_steps: int = Field(0, ge=0)  # after the denoiser: sharpen the decoder, encoder (latent space) frozen
+    decoder_lr: float = Field(5e-4, gt=0)
 
 
 class DenoiserConfig(Strict):

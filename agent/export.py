@@ -1,0 +1,238 @@
+"""Trajectories -> Hugging Face `datasets`, in the conversational vision formats TRL 1.16 trainers take as is.
+
+TRL's vision collators read an `images` column (a list of images) and messages whose `content`
+is a plain string; `trl.data_utils.prepare_multimodal_messages` inserts one `{"type": "image"}`
+placeholder per image before the first user message's text. So every row here has:
+
+    sft (SFTTrainer)         images, messages = [user request, assistant critique]
+                             (or prompt + completion, with form="prompt_completion")
+    preference (DPOTrainer)  images, prompt = [user request], chosen / rejected = [assistant critique]
+    grpo (GRPOTrainer)       images, prompt = [user request]
+
+Extra columns say where a row came from. SFT and DPO drop them (`remove_unused_columns`, on
+by default, keeps only their signature columns); GRPO passes them to reward functions as
+keyword arguments (e.g. `task_prompt` for the verifier). No extra column is called `prompt`,
+`image` or `messages`: TRL's `is_conversational` picks any one of those keys to decide.
+Images are the stored PNG bytes, so a saved dataset does not depend on the run directory.
+Rows are built in memory (a few KB per 64x64 image; shard by store for big runs).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Literal
+
+from datasets import Dataset, Features, Image, List, Value
+
+from agent.store import RunStore, StoreError
+from agent.trajectory import SessionRecord
+
+# What the critic is asked, with the image placed before it. A stand-in until policies/
+# defines the critique format; pass the critic's own wording as `request`.
+CRITIC_REQUEST = ('This image was generated for the prompt "{prompt}". Does it match the prompt exactly? '
+                  "If not, say what is wrong and give the one edit that fixes it.")
+
+Stores = RunStore | Iterable[RunStore]
+_MESSAGES = List({"role": Value("string"), "content": Value("string")})
+_SOURCE = {"task_prompt": Value("string"), "family": Value("string"), "run_id": Value("string")}
+
+
+def _sessions(stores: Stores, include_unfinished: bool) -> Iterator[tuple[RunStore, SessionRecord]]:
+    for store in [stores] if isinstance(stores, RunStore) else stores:
+        for session in store.sessions():
+            if session.status == "done" or include_unfinished:
+                yield store, session
+
+
+class _Images:
+    """PNG bytes per (run, path), read once: preference pairs reuse the same image."""
+
+    def __init__(self):
+        self.cache: dict[tuple[Path, str], dict] = {}
+
+    def __call__(self, store: RunStore, rel: str | None) -> dict | None:
+        if rel is None:
+            return None
+        key = (store.root, rel)
+        if key not in self.cache:
+            try:
+                self.cache[key] = {"bytes": store.image_path(rel).read_bytes(), "path": None}
+            except FileNotFoundError:
+                raise StoreError(f"image {rel!r} of run {store.root} is missing") from None
+        return self.cache[key]
+
+
+def _user(request: str, prompt: str) -> list[dict]:
+    return [{"role": "user", "content": request.format(prompt=prompt)}]
+
+
+def _assistant(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": text}]
+
+
+def _dataset(rows: list[dict], features: Features) -> Dataset:
+    return Dataset.from_dict({k: [row[k] for row in rows] for k in features}, features=features)
+
+
+def sft_dataset(
+    stores: Stores,
+    *,
+    form: Literal["messages", "prompt_completion"] = "messages",
+    include_final: bool = False,
+    include_unfinished: bool = False,
+    reward_key: str = "verifier",
+    request: str = CRITIC_REQUEST,
+) -> Dataset:
+    """Reflection data for SFTTrainer: the round's image and the critic request -> the critique.
+
+    One row per round that has a critique that parsed and a next round (the correction it led
+    to, in `corrected_image` / `instruction`, for training an editor). `include_final` adds the
+    last round's critique too (a critic that only ever sees "wrong" never learns to stop).
+    `reward` / `next_reward` (under `reward_key`), `verdict` and `correct` are there to filter
+    on, e.g. keep critiques whose verdict matches the ground truth. With form="messages",
+    set SFTConfig(assistant_only_loss=True) to train on the critique only (the chat template
+    must support it); form="prompt_completion" gets completion-only loss by default."""
+    text = {"messages": _MESSAGES} if form == "messages" else {"prompt": _MESSAGES, "completion": _MESSAGES}
+    features = Features({
+        "images": List(Image()), **text, "corrected_image": Image(), "instruction": Value("string"),
+        "verdict": Value("string"), "correct": Value("bool"), "reward": Value("float64"),
+        "next_reward": Value("float64"), **_SOURCE, "session_id": Value("string"), "round": Value("int64"),
+    })
+    image, rows = _Images(), []
+    for store, s in _sessions(stores, include_unfinished):
+        for k, r in enumerate(s.rounds):
+            nxt = s.rounds[k + 1] if k + 1 < len(s.rounds) else None
+            if r.critique is None or r.critique_error is not None or (nxt is None and not include_final):
+                continue
+            user, answer = _user(request, s.prompt), _assistant(r.critique)
+            rows.append({
+                "images": [image(store, r.image)],
+                **({"messages": user + answer} if form == "messages" else {"prompt": user, "completion": answer}),
+                "corrected_image": image(store, nxt.image) if nxt else None,
+                "instruction": r.instruction, "verdict": r.verdict, "correct": r.correct,
+                "reward": r.rewards.get(reward_key), "next_reward": nxt.rewards.get(reward_key) if nxt else None,
+                "task_prompt": s.prompt, "family": s.family, "run_id": store.manifest.run_id,
+                "session_id": s.id, "round": r.index,
+            })
+    return _dataset(rows, features)
+
+
+def _outcome(s: SessionRecord, k: int, reward_key: str) -> float | None:
+    """What a critique led to: the reward of the next round's image, or, when the critic said
+    "right" and the loop kept this image, this image's own reward. None when unknown."""
+    if k + 1 < len(s.rounds):
+        return s.rounds[k + 1].rewards.get(reward_key)
+    if s.rounds[k].verdict == "right":
+        return s.rounds[k].rewards.get(reward_key)
+    return None
+
+
+def preference_dataset(
+    stores: Stores,
+    reward_key: str = "verifier",
+    *,
+    min_margin: float = 0.0,
+    include_unfinished: bool = False,
+    request: str = CRITIC_REQUEST,
+) -> Dataset:
+    """Critique pairs for DPOTrainer: two critiques of the SAME image for the SAME prompt.
+
+    DPO compares two answers to one prompt, and the critic's prompt includes the image, so
+    critiques of different rounds (different images) cannot be paired. Critiques are grouped by
+    prompt text and image path (content-addressed: same path = same pixels), across sessions
+    and runs: repeated or forked sessions, or several critic samples per image, give the pairs.
+    In a group, every two critiques whose outcomes (see `_outcome`) differ by more than
+    `min_margin` make a pair; the one that led to the higher reward is chosen. Unparsed
+    critiques take part: a malformed critique that led nowhere good is a fine rejected one.
+    `chosen_from` / `rejected_from` are "run_id:session_id:round"."""
+    groups: dict[tuple[str, str], list[tuple[RunStore, SessionRecord, int, float]]] = {}
+    for store, s in _sessions(stores, include_unfinished):
+        for k, r in enumerate(s.rounds):
+            outcome = _outcome(s, k, reward_key) if r.critique is not None else None
+            if outcome is not None:
+                groups.setdefault((s.prompt, r.image), []).append((store, s, k, outcome))
+    features = Features({
+        "images": List(Image()), "prompt": _MESSAGES, "chosen": _MESSAGES, "rejected": _MESSAGES,
+        "chosen_reward": Value("float64"), "rejected_reward": Value("float64"), **_SOURCE,
+        "image_file": Value("string"), "chosen_from": Value("string"), "rejected_from": Value("string"),
+    })
+    image, rows = _Images(), []
+    for (prompt, rel), members in groups.items():
+        for i, a in enumerate(members):
+            for b in members[i + 1:]:
+                hi, lo = (a, b) if a[3] >= b[3] else (b, a)
+                hi_text, lo_text = hi[1].rounds[hi[2]].critique, lo[1].rounds[lo[2]].critique
+                if hi[3] - lo[3] <= min_margin or hi_text == lo_text:
+                    continue
+                rows.append({
+                    "images": [image(hi[0], rel)], "prompt": _user(request, prompt),
+                    "chosen": _assistant(hi_text), "rejected": _assistant(lo_text),
+                    "chosen_reward": hi[3], "rejected_reward": lo[3],
+                    "task_prompt": prompt, "family": hi[1].family, "run_id": hi[0].manifest.run_id,
+                    "image_file": rel,
+                    "chosen_from": f"{hi[0].manifest.run_id}:{hi[1].id}:{hi[2]}",
+                    "rejected_from": f"{lo[0].manifest.run_id}:{lo[1].id}:{lo[2]}",
+                })
+    return _dataset(rows, features)
+
+
+def grpo_dataset(
+    stores: Stores,
+    *,
+    rounds: Literal["first", "all"] = "first",
+    include_unfinished: bool = False,
+    request: str = CRITIC_REQUEST,
+) -> Dataset:
+    """Prompts for GRPOTrainer: the critic request with the round-0 image of each session
+    (rounds="all": every round's image). GRPO generates the critiques; the other columns
+    (task_prompt, family, seed, correct, ...) reach the reward functions as keyword arguments."""
+    features = Features({
+        "images": List(Image()), "prompt": _MESSAGES, **_SOURCE, "seed": Value("int64"),
+        "correct": Value("bool"), "session_id": Value("string"), "round": Value("int64"),
+    })
+    image, rows = _Images(), []
+    for store, s in _sessions(stores, include_unfinished):
+        for r in s.rounds[:1] if rounds == "first" else s.rounds:
+            rows.append({
+                "images": [image(store, r.image)], "prompt": _user(request, s.prompt),
+                "task_prompt": s.prompt, "family": s.family, "run_id": store.manifest.run_id,
+                "seed": s.seed, "correct": r.correct, "session_id": s.id, "round": r.index,
+            })
+    return _dataset(rows, features)
+
+
+BUILDERS = {"sft": sft_dataset, "preference": preference_dataset, "grpo": grpo_dataset}
+
+
+def export(stores: Stores, kind: Literal["sft", "preference", "grpo"], out_dir: str | Path, *,
+           overwrite: bool = False, **options) -> Path:
+    """Build one dataset and `save_to_disk` it at `out_dir`, atomically: it is written to a temp
+    folder beside `out_dir` and renamed into place, so `out_dir` is a whole dataset or absent.
+    `options` go to the builder (e.g. reward_key="judge"). Load with `datasets.load_from_disk`."""
+    if kind not in BUILDERS:
+        raise ValueError(f"unknown export kind {kind!r}; expected one of {sorted(BUILDERS)}")
+    out = Path(out_dir).absolute()
+    if out.exists() and not overwrite:
+        raise StoreError(f"{out} exists; pass overwrite=True to replace it")
+    dataset = BUILDERS[kind](stores, **options)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.{secrets.token_hex(6)}.tmp"
+    old = out.parent / f".{out.name}.{secrets.token_hex(6)}.old"
+    try:
+        dataset.save_to_disk(str(tmp))
+        if out.exists():
+            os.replace(out, old)
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            if old.exists():
+                os.replace(old, out)  # put the previous export back
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return out

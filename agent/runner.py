@@ -1,0 +1,86 @@
+"""Runs many sessions at once: asyncio for the sessions, batched workers for the models,
+LangGraph's SQLite checkpointer for durability. A killed run resumes every session where its
+last completed node left it (durability "sync": at most the node in flight runs again)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import aiosqlite
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from pydantic import BaseModel
+
+from agent.graph import LoopState, Runtime, build_graph
+from agent.trajectory import SessionRecord
+from model.worker import BatchedWorker
+
+CHECKPOINTS = "checkpoints.sqlite"
+
+
+class SessionSpec(BaseModel):
+    id: str
+    prompt: str
+    seed: int
+    family: str | None = None
+
+
+async def open_checkpointer(path: Path) -> AsyncSqliteSaver:
+    conn = await aiosqlite.connect(path)
+    await conn.execute("PRAGMA journal_mode=WAL")
+    await conn.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable at each commit, minus fsync storms
+    saver = AsyncSqliteSaver(conn)
+    await saver.setup()
+    return saver
+
+
+async def run_sessions(rt: Runtime, specs: list[SessionSpec], concurrency: int = 32,
+                       on_done: Callable[[SessionRecord], None] | None = None) -> list[SessionRecord]:
+    """Run (or finish) every session in `specs`; sessions already done are left as they are."""
+    saver = await open_checkpointer(rt.store.root / CHECKPOINTS)
+    graph = build_graph(rt, saver)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(spec: SessionSpec) -> SessionRecord:
+        async with gate:
+            record = rt.store.start_session(SessionRecord(
+                id=spec.id, prompt=spec.prompt, family=spec.family, seed=spec.seed, started_at=time.time()))
+            if record.status != "running":
+                return record
+            config = {"configurable": {"thread_id": spec.id}, "recursion_limit": rt.policy.recursion_limit}
+            snapshot = await graph.aget_state(config)
+            start = None if snapshot.values else LoopState(session_id=spec.id, prompt=spec.prompt, seed=spec.seed)
+            try:
+                await graph.ainvoke(start, config, durability="sync")
+                record = rt.store.get(spec.id)
+            except Exception as e:  # noqa: BLE001 - one session's failure must not sink the others
+                record = rt.store.fail_session(spec.id, f"{type(e).__name__}: {e}")
+            if on_done:
+                on_done(record)
+            return record
+
+    try:
+        return await asyncio.gather(*(one(s) for s in specs))
+    finally:
+        await saver.conn.close()
+        for worker in (rt.generator, rt.editor, rt.critic, rt.judge):
+            if worker is not None:
+                await worker.close()
+
+
+def make_runtime(store, generator, editor, critic, policy, judge=None, verifier=None, max_batch: int = 32) -> Runtime:
+    """Put each model role behind a batched worker shared by all sessions."""
+    return Runtime(
+        store=store,
+        generator=BatchedWorker("generator", lambda xs: generator.generate([p for p, _ in xs], [s for _, s in xs]),
+                                max_batch),
+        editor=BatchedWorker("editor", lambda xs: editor.edit([i for i, _, _ in xs], [t for _, t, _ in xs],
+                                                             [s for _, _, s in xs]), max_batch),
+        critic=BatchedWorker("critic", lambda xs: critic.critique([p for p, _ in xs], [i for _, i in xs]), max_batch),
+        judge=None if judge is None else BatchedWorker(
+            "judge", lambda xs: judge.score([p for p, _ in xs], [i for _, i in xs]), max_batch),
+        policy=policy,
+        verifier=verifier,
+    )

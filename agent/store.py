@@ -1,0 +1,261 @@
+"""The trajectory store: one run directory on disk, written so that a crash never corrupts it.
+
+    RUN/manifest.json          RunManifest, written last when the run is created
+    RUN/images/ab/abcd....png  content-addressed images (sha256 of the pixels)
+    RUN/sessions/<id>.json     one SessionRecord per session, replaced whole on every update
+    RUN/sessions.jsonl         every session, one line each, rewritten when a session ends
+
+Every file is written to a temp file in the same folder and renamed over the old one, so a
+reader sees the previous version or the next, never half of one. Leftover temp files (after a
+kill -9) start with a dot and end in `.tmp`; readers skip them. A directory without
+manifest.json is not a run. Linux/POSIX only (fcntl, rename over an empty directory).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from PIL import Image
+from pydantic import ValidationError
+
+from agent.trajectory import RoundRecord, RunManifest, SessionRecord, is_safe_id
+
+MANIFEST = "manifest.json"
+JSONL = "sessions.jsonl"
+
+
+class StoreError(Exception):
+    """A run directory that cannot be created, opened, read or written as asked."""
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write via a unique temp file + fsync + os.replace: the old file stays intact on any failure.
+
+    The temp file is created with mode 0o666 minus the umask (mkstemp would leave 0o600)."""
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class RunStore:
+    """A run directory. Build with `RunStore.create(path, manifest)` or `RunStore.open(path)`.
+
+    One session is written by one graph execution at a time (the runner's contract); different
+    sessions may be written concurrently, by threads or processes."""
+
+    def __init__(self, root: Path, manifest: RunManifest):
+        self.root = root
+        self.manifest = manifest
+
+    # -- the run directory ---------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: str | Path, manifest: RunManifest) -> RunStore:
+        """Make a new run at `path` (absent or an empty directory). The tree is built in a temp
+        directory beside it and renamed into place, so `path` is a complete run or nothing."""
+        root = Path(path).absolute()
+        tmp = None
+        try:
+            if (root / MANIFEST).exists():
+                raise StoreError(f"{root} is already a refloop run; open it with RunStore.open")
+            if root.exists() and (not root.is_dir() or any(root.iterdir())):
+                raise StoreError(f"{root} exists and is not a refloop run; choose a new or empty directory")
+            root.parent.mkdir(parents=True, exist_ok=True)
+            name = root.parent / f".{root.name}.{secrets.token_hex(6)}.tmp"
+            name.mkdir()  # not mkdtemp: its mode 0o700 would make the run unreadable to others
+            tmp = name
+            (tmp / "images").mkdir()
+            (tmp / "sessions").mkdir()
+            atomic_write(tmp / MANIFEST, manifest.model_dump_json(indent=2).encode())
+            os.replace(tmp, root)  # POSIX: replaces an empty directory, fails on a non-empty one
+        except OSError as e:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise StoreError(f"cannot create a run at {root}: {e.strerror or e}") from e
+        return cls(root, manifest)
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunStore:
+        root = Path(path).absolute()
+        if not root.is_dir():
+            raise StoreError(f"no run at {root}: not a directory")
+        if not (root / MANIFEST).is_file():
+            raise StoreError(f"{root} is not a refloop run (no {MANIFEST})")
+        try:
+            manifest = RunManifest.model_validate_json((root / MANIFEST).read_bytes())
+        except (OSError, ValidationError) as e:
+            raise StoreError(f"invalid manifest {root / MANIFEST}: {e}") from e
+        return cls(root, manifest)
+
+    # -- images ----------------------------------------------------------------------------------
+
+    def put_image(self, image: np.ndarray) -> str:
+        """Store an (H, W, 3) uint8 image; return its run-relative path.
+
+        The name is the sha256 of the shape and the raw pixel bytes (not of the PNG bytes, which
+        change with the zlib or pillow version), so the same pixels always get the same path and
+        a second put writes nothing."""
+        if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
+            raise StoreError(f"put_image wants an (H, W, 3) uint8 array, got {getattr(image, 'shape', type(image))} "
+                             f"{getattr(image, 'dtype', '')}")
+        pixels = np.ascontiguousarray(image)
+        digest = hashlib.sha256(f"{pixels.shape[0]}x{pixels.shape[1]}x3:".encode() + pixels.tobytes()).hexdigest()
+        rel = f"images/{digest[:2]}/{digest}.png"
+        path = self.root / rel
+        if not path.exists():
+            buf = io.BytesIO()
+            Image.fromarray(pixels, "RGB").save(buf, format="PNG")
+            path.parent.mkdir(exist_ok=True)
+            atomic_write(path, buf.getvalue())
+        return rel
+
+    def image_path(self, rel: str) -> Path:
+        """The absolute path of a run-relative image path; refuses anything outside the run."""
+        p = PurePosixPath(rel) if isinstance(rel, str) else None
+        if p is None or not rel or "\\" in rel or p.is_absolute() or ".." in p.parts:
+            raise StoreError(f"image path {rel!r} must be relative to the run, without '..'")
+        path = (self.root / p).resolve()
+        if not path.is_relative_to(self.root.resolve()):  # a symlink pointing out of the run
+            raise StoreError(f"image path {rel!r} leads outside the run {self.root}")
+        return path
+
+    def load_image(self, rel: str) -> np.ndarray:
+        path = self.image_path(rel)
+        try:
+            with Image.open(path) as im:
+                return np.asarray(im.convert("RGB"))
+        except FileNotFoundError:
+            raise StoreError(f"no image {rel!r} in run {self.root}") from None
+        except OSError as e:
+            raise StoreError(f"cannot read image {path}: {e}") from e
+
+    # -- sessions --------------------------------------------------------------------------------
+
+    def start_session(self, record: SessionRecord) -> SessionRecord:
+        """Record a new session. Idempotent: if it exists, the stored record is returned unchanged."""
+        path = self._session_path(record.id)
+        if path.exists():
+            return self.get(record.id)
+        if record.started_at is None:
+            record = record.model_copy(update={"started_at": time.time()})
+        self._write(record)
+        return record
+
+    def upsert_round(self, session_id: str, rnd: RoundRecord) -> SessionRecord:
+        """Replace the round with the same index, or append it if it is the next one.
+
+        A node that re-runs after a crash thus overwrites its own round. A gap (index beyond the
+        next) is an error, and so is writing to a done session. Writing to a failed session
+        (a retry) makes it running again."""
+        record = self.get(session_id)
+        if record.status == "done":
+            raise StoreError(f"session {session_id} is done; its rounds are final")
+        rounds = list(record.rounds)
+        if rnd.index < len(rounds):
+            rounds[rnd.index] = rnd
+        elif rnd.index == len(rounds):
+            rounds.append(rnd)
+        else:
+            raise StoreError(f"session {session_id} has rounds 0..{len(rounds) - 1}; "
+                             f"round {rnd.index} would leave a gap")
+        record = record.model_copy(update={"rounds": rounds, "status": "running", "error": None})
+        self._write(record)
+        return record
+
+    def finish_session(self, session_id: str, stop_reason: str, final_image: str | None = None) -> SessionRecord:
+        """Mark a session done; `final_image` defaults to the last round's image. Re-running it
+        overwrites the previous ending. Refreshes sessions.jsonl."""
+        record = self.get(session_id)
+        if final_image is None and record.rounds:
+            final_image = record.rounds[-1].image
+        if final_image is not None and not self.image_path(final_image).is_file():
+            raise StoreError(f"final image {final_image!r} of session {session_id} is not in the run")
+        self._write(record.model_copy(update={
+            "status": "done", "stop_reason": stop_reason, "final_image": final_image, "error": None,
+            "finished_at": time.time()}))
+        self.write_jsonl()
+        return self.get(session_id)
+
+    def fail_session(self, session_id: str, error: str) -> SessionRecord:
+        """Mark a session failed with its error (stop_reason "error"). Refreshes sessions.jsonl."""
+        record = self.get(session_id)
+        self._write(record.model_copy(update={
+            "status": "failed", "error": error, "stop_reason": "error", "finished_at": time.time()}))
+        self.write_jsonl()
+        return self.get(session_id)
+
+    def get(self, session_id: str) -> SessionRecord:
+        path = self._session_path(session_id)
+        try:
+            return SessionRecord.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            raise StoreError(f"no session {session_id!r} in run {self.root}") from None
+        except OSError as e:
+            raise StoreError(f"cannot read session record {path}: {e}") from e
+        except ValidationError as e:
+            raise StoreError(f"invalid session record {path}: {e}") from e
+
+    def session_ids(self) -> list[str]:
+        """Ids of every session, sorted."""
+        return sorted(p.name[: -len(".json")] for p in (self.root / "sessions").glob("*.json")
+                      if not p.name.startswith("."))
+
+    def sessions(self) -> Iterator[SessionRecord]:
+        """Every session, in id order."""
+        for session_id in self.session_ids():
+            yield self.get(session_id)
+
+    def unfinished(self) -> list[str]:
+        """Ids of the sessions still running (to resume after a crash), sorted."""
+        return [s.id for s in self.sessions() if s.status == "running"]
+
+    def write_jsonl(self) -> Path:
+        """(Re)write sessions.jsonl, one line per session in id order, atomically.
+
+        Cost: it reads and writes every session, O(run size) per call, so O(n^2) over a run that
+        calls it once per finished session; fine for thousands of small sessions. A file lock
+        serialises writers, so the last one to write has read every session written before it."""
+        with self._lock():
+            lines = [s.model_dump_json() + "\n" for s in self.sessions()]
+            path = self.root / JSONL
+            atomic_write(path, "".join(lines).encode())
+        return path
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _session_path(self, session_id: str) -> Path:
+        if not is_safe_id(session_id):
+            raise StoreError(f"unsafe session id {session_id!r}: use letters, digits, '-', '_', '.', "
+                             "no leading dot, at most 200 characters")
+        return self.root / "sessions" / f"{session_id}.json"
+
+    def _write(self, record: SessionRecord) -> None:
+        atomic_write(self._session_path(record.id), record.model_dump_json(indent=1).encode())
+
+    @contextmanager
+    def _lock(self):
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+

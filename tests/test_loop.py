@@ -1,0 +1,95 @@
+"""The loop end to end on a tiny random generator: routing, stop reasons, records, batching.
+
+The critic here is a test double that replays scripted reflections per prompt, so that each
+path of the graph is exercised on purpose; the embedded critic is a real VLM (issue 5)."""
+
+import asyncio
+import json
+import time
+
+import pytest
+import torch
+
+from agent.runner import SessionSpec, make_runtime, run_sessions
+from agent.store import RunStore
+from agent.trajectory import RunManifest
+from model.shapeworld.backend import ShapeWorldImageConfig, ShapeWorldImageModel
+from model.shapeworld.build import build_pipeline
+from model.shapeworld.config import GeneratorConfig
+from policies.stop import StopPolicy
+from world import check_image
+
+TINY = {"vae": {"block_out_channels": [8, 8, 8]},
+        "denoiser": {"num_layers": 2, "heads": 2, "head_dim": 8, "text_hidden": 16, "text_layers": 1}}
+
+RIGHT = "seen: a circle\nwrong: nothing\nverdict: right"
+ADD = "seen: nothing\nwrong: expected a circle, found none\nverdict: wrong\nedit: add a circle"
+
+
+class ScriptedCritic:
+    """Replays the reflections scripted for each prompt, one per call."""
+
+    def __init__(self, script: dict[str, list[str]]):
+        self.script = {p: list(texts) for p, texts in script.items()}
+        self.batches = []
+
+    def critique(self, prompts, images):
+        self.batches.append(len(prompts))
+        return [self.script[p].pop(0) for p in prompts]
+
+
+@pytest.fixture(scope="module")
+def image_model(tmp_path_factory):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("gen") / "pipe"
+    build_pipeline(GeneratorConfig.model_validate(TINY)).save_pretrained(folder)
+    return ShapeWorldImageModel(ShapeWorldImageConfig(path=str(folder), steps=2))
+
+
+def new_store(path):
+    return RunStore.create(path, RunManifest(run_id="test", created_at=time.time(), seed=0, refloop_version="test"))
+
+
+def test_every_path_through_the_graph(tmp_path, image_model):
+    script = {
+        "a circle": [RIGHT],
+        "a square": [ADD, RIGHT],
+        "a triangle": [ADD, ADD, ADD],
+        "two circles": ["I think it looks fine"],
+        "three squares": ["verdict: wrong\nedit: regenerate", RIGHT],
+    }
+    critic = ScriptedCritic(script)
+    store = new_store(tmp_path / "run")
+    rt = make_runtime(store, image_model, image_model, critic, StopPolicy(max_rounds=2),
+                      verifier=lambda p, img: check_image(p, img).ok)
+    specs = [SessionSpec(id=f"s{i}", prompt=p, seed=i) for i, p in enumerate(script)]
+    records = {r.prompt: r for r in asyncio.run(run_sessions(rt, specs, concurrency=8))}
+
+    expect = {"a circle": ("critic_satisfied", 1), "a square": ("critic_satisfied", 2),
+              "a triangle": ("max_rounds", 3), "two circles": ("critique_unreadable", 1),
+              "three squares": ("critic_satisfied", 2)}
+    for prompt, (reason, n_rounds) in expect.items():
+        r = records[prompt]
+        assert (r.status, r.stop_reason, len(r.rounds)) == ("done", reason, n_rounds), (prompt, r.error)
+        assert r.final_image == r.rounds[-1].image and store.image_path(r.final_image).is_file()
+        assert all("verifier" in rnd.rewards for rnd in r.rounds)
+    assert records["two circles"].rounds[0].critique_error == "no 'verdict:' line"
+    square = records["a square"].rounds
+    assert square[0].instruction == "add a circle" and square[1].calls == {"editor": 1, "critic": 1}
+    assert records["three squares"].rounds[1].calls["generator"] == 1  # regenerate, not edit
+    assert max(critic.batches) > 1  # calls of several sessions merged into one batch
+    assert all(not rest for rest in critic.script.values())  # every scripted critique was asked for
+    lines = store.write_jsonl().read_text().splitlines()
+    assert {json.loads(line)["id"] for line in lines} == {s.id for s in specs}
+
+
+def test_a_failing_model_fails_its_sessions_only(tmp_path, image_model):
+    class Broken(ScriptedCritic):
+        def critique(self, prompts, images):
+            raise RuntimeError("critic out of memory")
+
+    store = new_store(tmp_path / "run")
+    rt = make_runtime(store, image_model, image_model, Broken({}), StopPolicy(max_rounds=1))
+    records = asyncio.run(run_sessions(rt, [SessionSpec(id="a", prompt="a circle", seed=0)]))
+    assert records[0].status == "failed" and "critic out of memory" in records[0].error
+    assert len(records[0].rounds) == 1  # the generated image was kept
