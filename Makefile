@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # A CPU wheel; set TORCH_SPEC (and PIP_EXTRA_INDEX_URL) for a CUDA build on GPU machines.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: env run test test-slow lint bench clean-env
+.PHONY: env run test test-fast lint bench clean-env
 
 env: $(VENV)/.ready
 
@@ -19,11 +19,12 @@ run: env
 	$(BIN)/refloop world sample "two red circles above a blue square" --out runs/sample.png
 	$(BIN)/refloop world check "two red circles above a blue square" runs/sample.png
 
+# CI runs this: fast and slow tests (a few minutes on 2 cores)
 test: env
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "slow or not slow"
 
-test-slow: env
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m slow
+test-fast: env
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest
 
 lint: env
 	$(BIN)/ruff check .

@@ -25,17 +25,23 @@ def train_generator_cmd(
     work: Path = typer.Option(Path("runs/train-generator"), help="Checkpoints; rerun the same command to resume."),
     export: Path = typer.Option(None, help="Pipeline folder to write (default: the shipped generator's folder)."),
     device: str = typer.Option(None, help="cpu or cuda (default: cuda when present)."),
+    export_only: bool = typer.Option(False, help="Export the latest checkpoints as they are; train nothing."),
 ) -> None:
-    """Train the generator/editor: autoencoder, then denoiser + text encoder."""
+    """Train the generator/editor: autoencoder, denoiser + text encoder, decoder sharpening."""
     from model.shapeworld.config import GeneratorConfig
     from model.shapeworld.pipeline import DEFAULT_GENERATOR
-    from model.shapeworld.train_generator import train_generator
+    from model.shapeworld.train_generator import export_checkpoint, train_generator
 
     try:
         cfg = GeneratorConfig.load(config)
     except ValueError as e:
         raise bad_input(str(e)) from None
-    out = train_generator(cfg, work, export or DEFAULT_GENERATOR, device, log=console.print)
+    if export_only:
+        if not (work / "denoiser.pt").is_file():
+            raise bad_input(f"no denoiser checkpoint in {work} to export")
+        out = export_checkpoint(cfg, work, export or DEFAULT_GENERATOR)
+    else:
+        out = train_generator(cfg, work, export or DEFAULT_GENERATOR, device, log=console.print)
     console.print(f"wrote {out}")
 
 
@@ -105,3 +111,62 @@ def print_report(report) -> None:
             table.add_row(action, str(score.n), f"{score.accuracy:.3f}")
         table.add_row("[bold]overall", str(result.overall.n), f"[bold]{result.overall.accuracy:.3f}")
         console.print(table)
+
+
+def _load(model: Path | None, device: str | None):
+    from model.shapeworld.pipeline import load_generator
+    from model.shapeworld.train_generator import pick_device
+
+    try:
+        return load_generator(model, pick_device(device))
+    except FileNotFoundError as e:
+        raise bad_input(str(e)) from None
+
+
+def generate_cmd(
+    prompts: list[str] = typer.Argument(..., help="One or more prompts."),
+    out: Path = typer.Option(..., "--out", "-o", help="PNG to write (a grid when several prompts)."),
+    seed: int = typer.Option(0, help="Seed of the first prompt; the next ones use seed+1, ..."),
+    steps: int = typer.Option(20, min=1),
+    guidance: float = typer.Option(4.0),
+    model: Path = typer.Option(None, help="Pipeline folder (default: the shipped generator)."),
+    device: str = typer.Option(None),
+) -> None:
+    """Generate images with the embedded generator (a neural network; the world only checks them)."""
+    from world import PromptError, parse_prompt
+    from world.io import grid, save_png
+
+    try:
+        texts = [parse_prompt(p).text for p in prompts]
+    except PromptError as e:
+        raise bad_input(str(e)) from None
+    images = _load(model, device)(texts, seed=seed, num_inference_steps=steps, guidance_scale=guidance).images
+    save_png(out, images[0] if len(images) == 1 else grid(images))
+    console.print(f"wrote {out}")
+
+
+def edit_cmd(
+    image: Path = typer.Argument(..., help="A 64x64 PNG."),
+    instruction: str = typer.Argument(..., help="An edit, e.g. 'make the green triangle red'."),
+    out: Path = typer.Option(..., "--out", "-o", help="PNG to write."),
+    seed: int = typer.Option(0),
+    steps: int = typer.Option(20, min=1),
+    guidance: float = typer.Option(4.0),
+    image_guidance: float = typer.Option(1.5),
+    model: Path = typer.Option(None, help="Pipeline folder (default: the shipped generator)."),
+    device: str = typer.Option(None),
+) -> None:
+    """Edit an image with the embedded editor (the same network as the generator)."""
+    from world import PromptError, parse_edit
+    from world.io import load_png, save_png
+
+    try:
+        text = parse_edit(instruction).text
+        source = load_png(image)
+    except (PromptError, ValueError) as e:
+        raise bad_input(str(e)) from None
+    pipe = _load(model, device)
+    result = pipe(text, image=source, seed=seed, num_inference_steps=steps, guidance_scale=guidance,
+                  image_guidance_scale=image_guidance).images[0]
+    save_png(out, result)
+    console.print(f"wrote {out}")

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from agent.cli_models import eval_app, train_app
+from agent.cli_models import edit_cmd, eval_app, generate_cmd, train_app
 from world import check_image, parse_image, parse_prompt, random_scene, render, scene_for_prompt, suite
 from world.grammar import PromptError
 from world.io import grid, load_png, save_png
@@ -26,6 +26,8 @@ from world.spec import FAMILIES
 world_app = typer.Typer(help="The embedded ShapeWorld: sample, check, benchmark, prompt suites, its models.",
                         no_args_is_help=True)
 world_app.add_typer(train_app, name="train")
+world_app.command("generate")(generate_cmd)
+world_app.command("edit")(edit_cmd)
 world_app.add_typer(eval_app, name="eval")
 console = Console()
 errors = Console(stderr=True)

@@ -103,7 +103,18 @@ class RunStore:
             manifest = RunManifest.model_validate_json((root / MANIFEST).read_bytes())
         except (OSError, ValidationError) as e:
             raise StoreError(f"invalid manifest {root / MANIFEST}: {e}") from e
-        return cls(root, manifest)
+        store = cls(root, manifest)
+        store._sweep_temp_files()
+        return store
+
+    def _sweep_temp_files(self) -> None:
+        """Remove half-written temp files that a killed writer left behind. A run has one
+        writer at a time (its runner), so nothing in flight is touched."""
+        for sub in ("sessions", "images", "."):
+            folder = self.root / sub
+            if folder.is_dir():
+                for tmp in folder.rglob(".*.tmp"):
+                    tmp.unlink(missing_ok=True)
 
     # -- images ----------------------------------------------------------------------------------
 

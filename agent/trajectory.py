@@ -12,9 +12,11 @@ import math
 import re
 from collections.abc import Callable
 from pathlib import PurePosixPath
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from policies.stop import StopReason
 
 SCHEMA_VERSION = 1
 # MIGRATIONS[v] turns a version-v record (a dict) into a version v+1 one; none exist yet.
@@ -22,7 +24,7 @@ MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
 # Session ids become file names: letters, digits, '-', '_', '.', no leading dot, at most 200 chars.
 SESSION_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
-STOP_REASONS = ("critic_satisfied", "score_threshold", "max_rounds", "no_improvement", "error")  # known, not enforced
+STOP_REASONS = get_args(StopReason)  # known, not enforced (a failed session carries `error` instead)
 
 
 def is_safe_id(session_id: str) -> bool:

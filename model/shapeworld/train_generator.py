@@ -223,6 +223,29 @@ def export_pipeline(pipe: ShapeWorldPipeline, out: Path, record: dict) -> Path:
     return out
 
 
+def export_checkpoint(cfg: GeneratorConfig, work: Path, export: Path) -> Path:
+    """Export the latest checkpoints as they are (the denoiser's EMA weights), e.g. to evaluate
+    a run in progress. The record says how far each stage got."""
+    vae_state = torch.load(work / "vae.pt", map_location="cpu", weights_only=False)
+    den_state = torch.load(work / "denoiser.pt", map_location="cpu", weights_only=False)
+    vae = build_vae(cfg)
+    vae.load_state_dict(vae_state["model"])
+    vae.eval().requires_grad_(False)
+    _normalise_latents(vae, cfg, torch.device("cpu"))
+    pipe = build_pipeline(cfg, vae=vae)
+    pipe.transformer.load_state_dict(den_state["transformer"])
+    pipe.text_encoder.load_state_dict(den_state["text_encoder"])
+    params = [p for m in (pipe.transformer, pipe.text_encoder) for p in m.parameters()]
+    ema = EMAModel(params, decay=cfg.denoiser.ema_decay)
+    ema.load_state_dict(den_state["ema"])
+    ema.copy_to(params)
+    if (work / "decoder.pt").exists():
+        vae.load_state_dict(torch.load(work / "decoder.pt", map_location="cpu", weights_only=False)["model"])
+    record = {"partial": True, "config": cfg.model_dump(), "git_commit": git_commit(),
+              "steps_done": {"autoencoder": vae_state["step"], "denoiser": den_state["step"]}}
+    return export_pipeline(pipe, export, record)
+
+
 def git_commit() -> str | None:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
