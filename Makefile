@@ -15,9 +15,13 @@ $(VENV)/.ready: pyproject.toml
 	$(BIN)/python -m pip install -e ".[dev]"
 	@touch $@
 
+PROMPT ?= two red circles above a blue square
+
+# the main job: the embedded generator draws PROMPT, the world's verifier judges it
+# (exit 1, "not satisfied", is an answer, not a failure; 2, bad input, is)
 run: env
-	$(BIN)/refloop world sample "two red circles above a blue square" --out runs/sample.png
-	$(BIN)/refloop world check "two red circles above a blue square" runs/sample.png
+	$(BIN)/refloop world generate "$(PROMPT)" --out runs/generated.png
+	$(BIN)/refloop world check "$(PROMPT)" runs/generated.png; test $$? -le 1
 
 # CI runs this: fast and slow tests (a few minutes on 2 cores)
 test: env

@@ -55,39 +55,54 @@ def log_progress(log: Callable[[str], None], bar: Progress, stage: str, step: in
         log(f"{stage}: step {step}/{total}, loss {loss:.4f}, checkpoint saved")
 
 
+def run_stage(name: str, ckpt: Path, total: int, every: int, device: torch.device, step: Callable[[int], float],
+              state: Callable[[], dict], load: Callable[[dict], None], log: Callable[[str], None]) -> None:
+    """The loop all stages share: resume from `ckpt` if it exists, run the remaining steps under
+    a progress bar, save atomically every `every` steps and at the end."""
+    start, elapsed = 0, 0.0
+    if ckpt.exists():
+        saved = torch.load(ckpt, map_location=device, weights_only=False)
+        load(saved)
+        start, elapsed = saved["step"], saved["elapsed"]
+        log(f"resuming the {name} at step {start}")
+    t0 = time.perf_counter() - elapsed
+    with progress_bar() as bar:
+        task = bar.add_task(name, total=total, completed=start, loss=float("nan"))
+        for k in range(start, total):
+            loss = step(k)
+            bar.update(task, advance=1, loss=loss)
+            if (k + 1) % every == 0 or k + 1 == total:
+                save_atomic({**state(), "step": k + 1, "elapsed": time.perf_counter() - t0}, ckpt)
+                log_progress(log, bar, name, k + 1, total, loss)
+
+
 def train_vae(cfg: GeneratorConfig, work: Path, device: torch.device, log: Callable[[str], None]) -> AutoencoderKL:
     """Autoencoder on random scenes: L1 + L2 reconstruction, a whisper of KL."""
-    ckpt = work / "vae.pt"
     torch.manual_seed(cfg.seed)
     vae = build_vae(cfg).to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae.lr)
     gen = torch.Generator(device).manual_seed(cfg.seed)  # posterior samples; its state is checkpointed
-    start, elapsed = 0, 0.0
-    if ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if "generator" in state:  # absent from checkpoints of older runs
-            gen.set_state(state["generator"])
-        start, elapsed = state["step"], state["elapsed"]
-        log(f"resuming the autoencoder at step {start}")
-    t0 = time.perf_counter() - elapsed
-    with progress_bar() as bar:
-        task = bar.add_task("autoencoder", total=cfg.vae.steps, completed=start, loss=float("nan"))
-        for step in range(start, cfg.vae.steps):
-            x = images_to_tensor(scene_batch(batch_rng(cfg.seed, VAE_STAGE, step), cfg.vae.batch_size), device,
-                                 torch.float32)
-            post = vae.encode(x).latent_dist
-            rec = vae.decode(post.sample(generator=gen)).sample
-            loss = (rec - x).abs().mean() + F.mse_loss(rec, x) + cfg.vae.kl_weight * post.kl().mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            bar.update(task, advance=1, loss=loss.item())
-            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.vae.steps:
-                save_atomic({"model": vae.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
-                             "step": step + 1, "elapsed": time.perf_counter() - t0}, ckpt)
-                log_progress(log, bar, "autoencoder", step + 1, cfg.vae.steps, loss.item())
+
+    def step(k: int) -> float:
+        x = images_to_tensor(scene_batch(batch_rng(cfg.seed, VAE_STAGE, k), cfg.vae.batch_size), device,
+                             torch.float32)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample(generator=gen)).sample
+        loss = (rec - x).abs().mean() + F.mse_loss(rec, x) + cfg.vae.kl_weight * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    def load(saved: dict) -> None:
+        vae.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        if "generator" in saved:  # absent from checkpoints of older runs
+            gen.set_state(saved["generator"])
+
+    run_stage("autoencoder", work / "vae.pt", cfg.vae.steps, cfg.checkpoint_every, device, step,
+              lambda: {"model": vae.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state()},
+              load, log)
     vae.eval().requires_grad_(False)
     _normalise_latents(vae, cfg, device)
     return vae
@@ -106,7 +121,6 @@ def train_denoiser(cfg: GeneratorConfig, vae: AutoencoderKL, work: Path, device:
     """Flow matching: x_s = (1 - s) x0 + s noise, predict noise - x0; text and source dropped
     at random so that both can be guided."""
     d = cfg.denoiser
-    ckpt = work / "denoiser.pt"
     torch.manual_seed(cfg.seed)
     pipe = build_pipeline(cfg, vae=vae).to(device)
     trained = [pipe.transformer, pipe.text_encoder]
@@ -114,53 +128,47 @@ def train_denoiser(cfg: GeneratorConfig, vae: AutoencoderKL, work: Path, device:
     opt = torch.optim.AdamW(params, lr=d.lr, weight_decay=0.0)
     sched = get_scheduler("cosine", opt, num_warmup_steps=d.warmup, num_training_steps=max(d.steps, 1))
     ema = EMAModel(params, decay=d.ema_decay)
-    start, elapsed = 0, 0.0
-    if ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        pipe.transformer.load_state_dict(state["transformer"])
-        pipe.text_encoder.load_state_dict(state["text_encoder"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["lr_scheduler"])
-        ema.load_state_dict(state["ema"])
-        start, elapsed = state["step"], state["elapsed"]
-        log(f"resuming the denoiser at step {start}")
     for m in trained:
         m.train()
-    t0 = time.perf_counter() - elapsed
-    with progress_bar() as bar:
-        task = bar.add_task("denoiser", total=d.steps, completed=start, loss=float("nan"))
-        for step in range(start, d.steps):
-            rng = batch_rng(cfg.seed, DENOISER_STAGE, step)
-            batch = generator_batch(rng, d.batch_size, d.edit_share)
-            gen = torch.Generator(device).manual_seed(int(rng.integers(2**62)))
-            with torch.no_grad():
-                x0 = pipe.encode_images(batch.targets)
-                source = pipe.encode_images(batch.sources) * torch.as_tensor(batch.has_source, device=device).view(
-                    -1, 1, 1, 1)
-            drop_text = rng.random(len(batch.texts)) < d.drop_text
-            texts = ["" if drop else t for t, drop in zip(batch.texts, drop_text)]
-            keep_source = torch.as_tensor(rng.random(len(texts)) >= d.drop_source, device=device)
-            source = source * keep_source.view(-1, 1, 1, 1)
-            u = torch.randn(len(texts), generator=gen, device=device).sigmoid()  # logit-normal noise levels
-            sigma = d.shift * u / (1 + (d.shift - 1) * u)
-            noise = torch.randn(x0.shape, generator=gen, device=device)
-            s = sigma.view(-1, 1, 1, 1)
-            noisy = (1 - s) * x0 + s * noise
-            hidden, mask = pipe.encode_text(texts)
-            loss = F.mse_loss(pipe.velocity(noisy, source, hidden, mask, sigma), noise - x0)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            ema.step(params)
-            bar.update(task, advance=1, loss=loss.item())
-            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == d.steps:
-                save_atomic({"transformer": pipe.transformer.state_dict(),
-                             "text_encoder": pipe.text_encoder.state_dict(), "optimizer": opt.state_dict(),
-                             "lr_scheduler": sched.state_dict(),
-                             "ema": ema.state_dict(), "step": step + 1, "elapsed": time.perf_counter() - t0}, ckpt)
-                log_progress(log, bar, "denoiser", step + 1, d.steps, loss.item())
+
+    def step(k: int) -> float:
+        rng = batch_rng(cfg.seed, DENOISER_STAGE, k)
+        batch = generator_batch(rng, d.batch_size, d.edit_share)
+        gen = torch.Generator(device).manual_seed(int(rng.integers(2**62)))
+        with torch.no_grad():
+            x0 = pipe.encode_images(batch.targets)
+            has_source = torch.as_tensor(batch.has_source, device=device).view(-1, 1, 1, 1)
+            source = pipe.encode_images(batch.sources) * has_source
+        drop_text = rng.random(len(batch.texts)) < d.drop_text
+        texts = ["" if drop else t for t, drop in zip(batch.texts, drop_text)]
+        keep_source = torch.as_tensor(rng.random(len(texts)) >= d.drop_source, device=device)
+        source = source * keep_source.view(-1, 1, 1, 1)
+        u = torch.randn(len(texts), generator=gen, device=device).sigmoid()  # logit-normal noise levels
+        sigma = d.shift * u / (1 + (d.shift - 1) * u)
+        noise = torch.randn(x0.shape, generator=gen, device=device)
+        s = sigma.view(-1, 1, 1, 1)
+        noisy = (1 - s) * x0 + s * noise
+        hidden, mask = pipe.encode_text(texts)
+        loss = F.mse_loss(pipe.velocity(noisy, source, hidden, mask, sigma), noise - x0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        ema.step(params)
+        return loss.item()
+
+    def load(saved: dict) -> None:
+        pipe.transformer.load_state_dict(saved["transformer"])
+        pipe.text_encoder.load_state_dict(saved["text_encoder"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["lr_scheduler"])
+        ema.load_state_dict(saved["ema"])
+
+    run_stage("denoiser", work / "denoiser.pt", d.steps, cfg.checkpoint_every, device, step,
+              lambda: {"transformer": pipe.transformer.state_dict(), "text_encoder": pipe.text_encoder.state_dict(),
+                       "optimizer": opt.state_dict(), "lr_scheduler": sched.state_dict(), "ema": ema.state_dict()},
+              load, log)
     ema.copy_to(params)
     for m in trained:
         m.eval().requires_grad_(False)
@@ -174,37 +182,29 @@ def train_decoder(cfg: GeneratorConfig, pipe: ShapeWorldPipeline, work: Path, de
     if cfg.vae.decoder_steps == 0:
         return
     vae = pipe.vae
-    ckpt = work / "decoder.pt"
     decoder = [vae.decoder, vae.post_quant_conv]
-    params = [p for m in decoder for p in m.parameters()]
-    opt = torch.optim.AdamW(params, lr=cfg.vae.decoder_lr)
-    start, elapsed = 0, 0.0
-    if ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start, elapsed = state["step"], state["elapsed"]
-        log(f"resuming the decoder at step {start}")
+    opt = torch.optim.AdamW([p for m in decoder for p in m.parameters()], lr=cfg.vae.decoder_lr)
     for m in decoder:
         m.train().requires_grad_(True)
-    t0 = time.perf_counter() - elapsed
-    with progress_bar() as bar:
-        task = bar.add_task("decoder", total=cfg.vae.decoder_steps, completed=start, loss=float("nan"))
-        for step in range(start, cfg.vae.decoder_steps):
-            x = images_to_tensor(scene_batch(batch_rng(cfg.seed, DECODER_STAGE, step), cfg.vae.batch_size), device,
-                                 torch.float32)
-            with torch.no_grad():
-                z = vae.encode(x).latent_dist.mode()
-            rec = vae.decode(z).sample
-            loss = (rec - x).abs().mean() + F.mse_loss(rec, x)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            bar.update(task, advance=1, loss=loss.item())
-            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.vae.decoder_steps:
-                save_atomic({"model": vae.state_dict(), "optimizer": opt.state_dict(), "step": step + 1,
-                             "elapsed": time.perf_counter() - t0}, ckpt)
-                log_progress(log, bar, "decoder", step + 1, cfg.vae.decoder_steps, loss.item())
+
+    def step(k: int) -> float:
+        x = images_to_tensor(scene_batch(batch_rng(cfg.seed, DECODER_STAGE, k), cfg.vae.batch_size), device,
+                             torch.float32)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mode()
+        rec = vae.decode(z).sample
+        loss = (rec - x).abs().mean() + F.mse_loss(rec, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    def load(saved: dict) -> None:
+        vae.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+
+    run_stage("decoder", work / "decoder.pt", cfg.vae.decoder_steps, cfg.checkpoint_every, device, step,
+              lambda: {"model": vae.state_dict(), "optimizer": opt.state_dict()}, load, log)
     for m in decoder:
         m.eval().requires_grad_(False)
 
