@@ -77,3 +77,20 @@ def test_check_edit_catches_collateral_damage():
     broken = apply_edit(target, "remove the blue square", rng)
     result = check_edit(SCENE, "make the triangle red", list(parse_image(render_one(broken)).objects))
     assert not result.ok and "blue square" in result.reason
+
+
+def test_every_generated_instruction_parses_even_in_crowded_scenes():
+    """Regression: five identical objects once made 'remove five purple circles', which the
+    grammar (counts up to four) cannot read."""
+    rng = np.random.default_rng(11)
+    crowded = [Scene(objects=tuple(Obj(shape="circle", color="purple", x=2 + 20 * (i % 3), y=2 + 30 * (i // 3),
+                                       size=12) for i in range(5)) + (Obj(shape="square", color="red", x=42, y=34,
+                                                                          size=12),))]
+    scenes = crowded * 200 + [random_scene(rng, 6) for _ in range(300)]
+    for scene in scenes:
+        for action in ("add", "remove", "recolor", "move"):
+            try:
+                pair = make_edit_pair(rng, scene, action)
+            except EditError:
+                continue
+            assert parse_edit(pair.instruction).text == pair.instruction

@@ -21,7 +21,19 @@ from pydantic import BaseModel, ConfigDict, Field
 from world.grammar import PromptError, _Reader, describe
 from world.parse import ParsedObject
 from world.scene import Obj, Scene
-from world.spec import CANVAS, COLOR_NAMES, MAX_OBJECTS, MAX_SIZE, MIN_SIZE, RELATIONS, SHAPES, Color, Relation, Shape
+from world.spec import (
+    CANVAS,
+    COLOR_NAMES,
+    MAX_COUNT,
+    MAX_OBJECTS,
+    MAX_SIZE,
+    MIN_SIZE,
+    RELATIONS,
+    SHAPES,
+    Color,
+    Relation,
+    Shape,
+)
 from world.synth import PlacementError, colors_for, place
 from world.verify import RELATION_TOLERANCE, as_parsed, holds
 
@@ -222,7 +234,8 @@ def _random_edit(rng: np.random.Generator, scene: Scene, kind: str) -> Edit | No
             color, shape = objs[i].color, objs[i].shape
             if rng.random() < 0.5:
                 return Edit(action="remove", target=Selector(count=None, color=color, shape=shape))
-            n = int(rng.integers(1, len(same) + 1)) if len(same) < len(objs) else 1
+            # same draw as ever, clamped: counts stop at four (a draw of five or six used to fail)
+            n = min(int(rng.integers(1, len(same) + 1)), MAX_COUNT) if len(same) < len(objs) else 1
             return Edit(action="remove", target=Selector(count=n, color=color, shape=shape, definite=False))
         return Edit(action="remove", target=sel) if sel else None
     if sel is None:
