@@ -6,6 +6,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import typer
 
+from agent.cli_run import run_cmd
 from agent.cli_world import world_app
 
 app = typer.Typer(
@@ -14,6 +15,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.command("run")(run_cmd)
 app.add_typer(world_app, name="world")
 
 

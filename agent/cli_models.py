@@ -11,7 +11,7 @@ train_app = typer.Typer(help="Train the embedded ShapeWorld models (seeded, resu
 eval_app = typer.Typer(help="Evaluate the embedded ShapeWorld models against the world's verifier.",
                        no_args_is_help=True)
 console = Console()
-errors = Console(stderr=True)
+errors = Console(stderr=True, soft_wrap=True)
 
 
 def bad_input(message: str) -> typer.Exit:

@@ -30,7 +30,7 @@ world_app.command("generate")(generate_cmd)
 world_app.command("edit")(edit_cmd)
 world_app.add_typer(eval_app, name="eval")
 console = Console()
-errors = Console(stderr=True)
+errors = Console(stderr=True, soft_wrap=True)
 
 
 def bad_input(message: str) -> typer.Exit:

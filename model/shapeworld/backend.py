@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from model.shapeworld.pipeline import CACHES, enable_cache, load_generator
+from model.shapeworld.pipeline import CACHES, DEFAULT_GENERATOR, enable_cache, load_generator
 
 
 class ShapeWorldImageConfig(BaseModel):
@@ -33,7 +33,8 @@ class ShapeWorldImageModel:
         if cfg.cache not in CACHES:
             raise ValueError(f"unknown cache {cfg.cache!r}; choose from {', '.join(CACHES)}")
         self.cfg = cfg
-        self.pipe = load_generator(Path(cfg.path) if cfg.path else None, torch.device(cfg.device))
+        self.path = Path(cfg.path) if cfg.path else DEFAULT_GENERATOR
+        self.pipe = load_generator(self.path, torch.device(cfg.device))
         enable_cache(self.pipe, cfg.cache, cfg.cache_threshold)
         self._lock = threading.Lock()
 

@@ -1,0 +1,42 @@
+"""The embedded critic behind the Critic role: batched greedy generation of reflections."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from model.critic.build import critic_inputs, load_critic
+
+DEFAULT_CRITIC = Path(__file__).parent / "weights" / "critic"
+
+
+class CriticBackendConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = None  # None: the shipped critic
+    device: str = "cpu"
+    max_new_tokens: int = 160
+
+
+class ShapeWorldCritic:
+    def __init__(self, cfg: CriticBackendConfig):
+        path = Path(cfg.path) if cfg.path else DEFAULT_CRITIC
+        if cfg.path is None and not (path / "config.json").is_file():
+            raise FileNotFoundError(f"no embedded critic at {path} yet: train one, or give a critic path in the "
+                                    "run config (models.critic.path)")
+        self.cfg, self.path = cfg, path
+        self.model, self.processor = load_critic(path)
+        self.model.to(cfg.device).eval()
+        self._lock = threading.Lock()  # one generate at a time (a worker thread per role)
+
+    @torch.inference_mode()
+    def critique(self, prompts: list[str], images: list[np.ndarray]) -> list[str]:
+        batch = critic_inputs(self.processor, prompts, images).to(self.cfg.device)
+        with self._lock:
+            out = self.model.generate(**batch, max_new_tokens=self.cfg.max_new_tokens, do_sample=False)
+        new = out[:, batch["input_ids"].shape[1]:]
+        return [t.strip() for t in self.processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
