@@ -6,6 +6,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import typer
 
+from agent.cli_inspect import inspect_cmd
 from agent.cli_run import run_cmd
 from agent.cli_world import world_app
 
@@ -16,6 +17,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command("run")(run_cmd)
+app.command("inspect")(inspect_cmd)
 app.add_typer(world_app, name="world")
 
 

@@ -1,0 +1,70 @@
+"""`refloop inspect RUN_DIR`: a run's self-correction metrics as tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from agent.metrics import Metrics, by_family, flips
+from agent.store import RunStore, StoreError
+
+console = Console()
+errors = Console(stderr=True, soft_wrap=True)
+
+
+def _table(title: str, columns: dict[str, dict[str, Metrics]]) -> Table:
+    """Rows are families; with several runs, each metric gets a column per run."""
+    table = Table("family", title=title)
+    names = list(columns)
+    fields = [("n", lambda m: str(m.sessions)), ("Acc@0", lambda m: f"{m.acc0:.3f}"),
+              ("Acc@final", lambda m: f"{m.acc_final:.3f}"), ("delta", lambda m: f"{m.delta:+.3f}"),
+              ("i->c", lambda m: f"{m.i_to_c:.3f}"), ("c->i", lambda m: f"{m.c_to_i:.3f}"),
+              ("rounds", lambda m: f"{m.mean_rounds:.2f}"), ("s/session", lambda m: f"{m.seconds_per_session:.2f}")]
+    for label, _ in fields:
+        for name in names:
+            table.add_column(label if len(names) == 1 else f"{label} {name}", justify="right")
+    families = list(dict.fromkeys(f for col in columns.values() for f in col))
+    for family in families:
+        cells = []
+        for _, fmt in fields:
+            cells += [fmt(columns[n][family]) if family in columns[n] else "-" for n in names]
+        table.add_row(f"[bold]{family}" if family == "overall" else family, *cells)
+    return table
+
+
+def inspect_cmd(
+    run: Path = typer.Argument(..., help="A run directory."),
+    compare: Path = typer.Option(None, "--compare", help="A second run, side by side."),
+    failures: bool = typer.Option(False, "--failures", help="List the sessions still wrong at the end."),
+    show_flips: bool = typer.Option(False, "--flips", help="List the sessions that flipped (either way)."),
+) -> None:
+    """Accuracy by round and family, delta, i->c, c->i, stop reasons, calls and time per session."""
+    try:
+        stores = {run.name: RunStore.open(run)}
+        if compare:
+            stores[compare.name if compare.name != run.name else f"{compare.name} (b)"] = RunStore.open(compare)
+    except StoreError as e:
+        errors.print(f"[bold red]error:[/] {e}", highlight=False)
+        raise typer.Exit(2) from None
+    records = {name: list(store.sessions()) for name, store in stores.items()}
+    console.print(_table("self-correction by family", {n: by_family(rs) for n, rs in records.items()}))
+    for name, rs in records.items():
+        overall = by_family(rs)["overall"]
+        rounds = ", ".join(f"{a:.3f}" for a in overall.acc_by_round)
+        calls = ", ".join(f"{k} {v:.2f}" for k, v in overall.calls_per_session.items())
+        reasons = ", ".join(f"{k} {v}" for k, v in overall.stop_reasons.items())
+        console.print(f"[bold]{name}[/]: accuracy by round [{rounds}]; calls per session: {calls}; "
+                      f"stop reasons: {reasons}", highlight=False)
+    if failures or show_flips:
+        for name, rs in records.items():
+            groups = flips(rs)
+            wanted = (["wrong -> right", "right -> wrong"] if show_flips else []) + (
+                ["wrong at the end"] if failures else [])
+            for kind in wanted:
+                table = Table("session", "family", "prompt", "rounds", "stop", title=f"{name}: {kind}")
+                for r in groups[kind]:
+                    table.add_row(r.id, r.family or "", r.prompt, str(len(r.rounds)), r.stop_reason or r.status)
+                console.print(table)
