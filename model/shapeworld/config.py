@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -40,6 +41,9 @@ class DenoiserConfig(Strict):
     drop_text: float = Field(0.1, ge=0, le=1)  # classifier-free guidance: train without the text
     drop_source: float = Field(0.1, ge=0, le=1)  # ... and without the source image
     shift: float = Field(1.0, gt=0)  # flow-matching timestep shift (sampling too)
+    # noise levels seen in training. logit_normal (SD3) rarely visits sigma near 1, where sampling
+    # starts and the layout is decided: a short run then never learns it (measured: blank images)
+    sigma_sampling: Literal["uniform", "logit_normal"] = "uniform"
 
 
 class GeneratorConfig(Strict):

@@ -143,7 +143,10 @@ def train_denoiser(cfg: GeneratorConfig, vae: AutoencoderKL, work: Path, device:
         texts = ["" if drop else t for t, drop in zip(batch.texts, drop_text)]
         keep_source = torch.as_tensor(rng.random(len(texts)) >= d.drop_source, device=device)
         source = source * keep_source.view(-1, 1, 1, 1)
-        u = torch.randn(len(texts), generator=gen, device=device).sigmoid()  # logit-normal noise levels
+        if d.sigma_sampling == "uniform":
+            u = torch.rand(len(texts), generator=gen, device=device)
+        else:
+            u = torch.randn(len(texts), generator=gen, device=device).sigmoid()
         sigma = d.shift * u / (1 + (d.shift - 1) * u)
         noise = torch.randn(x0.shape, generator=gen, device=device)
         s = sigma.view(-1, 1, 1, 1)
