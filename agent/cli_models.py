@@ -7,6 +7,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from model.shapeworld.pipeline import DEFAULT_GUIDANCE
+
 train_app = typer.Typer(help="Train the embedded ShapeWorld models (seeded, resumable).", no_args_is_help=True)
 eval_app = typer.Typer(help="Evaluate the embedded ShapeWorld models against the world's verifier.",
                        no_args_is_help=True)
@@ -51,7 +53,7 @@ def eval_generator_cmd(
     model: Path = typer.Option(None, help="Pipeline folder (default: the shipped generator)."),
     per_family: int = typer.Option(None, min=1, help="Prompts per family (default: the whole suite)."),
     steps: int = typer.Option(20, min=1, help="Denoising steps."),
-    guidance: float = typer.Option(4.0, help="Text guidance scale."),
+    guidance: float = typer.Option(DEFAULT_GUIDANCE, help="Text guidance scale."),
     image_guidance: float = typer.Option(1.5, help="Source-image guidance scale (edits)."),
     batch_size: int = typer.Option(32, min=1),
     edits: bool = typer.Option(True, help="Also evaluate editing (rendered sources and the model's own images)."),
@@ -128,7 +130,7 @@ def generate_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="PNG to write (a grid when several prompts)."),
     seed: int = typer.Option(0, help="Seed of the first prompt; the next ones use seed+1, ..."),
     steps: int = typer.Option(20, min=1),
-    guidance: float = typer.Option(4.0),
+    guidance: float = typer.Option(DEFAULT_GUIDANCE),
     model: Path = typer.Option(None, help="Pipeline folder (default: the shipped generator)."),
     device: str = typer.Option(None),
 ) -> None:
@@ -151,7 +153,7 @@ def edit_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="PNG to write."),
     seed: int = typer.Option(0),
     steps: int = typer.Option(20, min=1),
-    guidance: float = typer.Option(4.0),
+    guidance: float = typer.Option(DEFAULT_GUIDANCE),
     image_guidance: float = typer.Option(1.5),
     model: Path = typer.Option(None, help="Pipeline folder (default: the shipped generator)."),
     device: str = typer.Option(None),

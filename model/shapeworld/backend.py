@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from model.shapeworld.pipeline import CACHES, DEFAULT_GENERATOR, enable_cache, load_generator
+from model.shapeworld.pipeline import CACHES, DEFAULT_GENERATOR, DEFAULT_GUIDANCE, enable_cache, load_generator
 
 
 class ShapeWorldImageConfig(BaseModel):
@@ -18,7 +18,7 @@ class ShapeWorldImageConfig(BaseModel):
     path: str | None = None  # None: the shipped weights
     device: str = "cpu"
     steps: int = 20
-    guidance: float = 4.0
+    guidance: float = DEFAULT_GUIDANCE
     image_guidance: float = 1.5
     cache: str = "none"
     cache_threshold: float = 0.1

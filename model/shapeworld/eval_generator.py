@@ -10,7 +10,7 @@ from collections import defaultdict
 import numpy as np
 from pydantic import BaseModel
 
-from model.shapeworld.pipeline import ShapeWorldPipeline, enable_cache
+from model.shapeworld.pipeline import DEFAULT_GUIDANCE, ShapeWorldPipeline, enable_cache
 from world import SuiteItem, check_edit, check_image, make_edit_pair, parse_image, render, scene_for_prompt
 from world.edits import EditError, scene_from_parsed
 from world.spec import FAMILIES
@@ -27,7 +27,7 @@ class Score(BaseModel):
 
 class Sampling(BaseModel):
     steps: int = 20
-    guidance: float = 4.0
+    guidance: float = DEFAULT_GUIDANCE
     image_guidance: float = 1.5
     batch_size: int = 32
 
