@@ -76,6 +76,18 @@ def run_stage(name: str, ckpt: Path, total: int, every: int, device: torch.devic
                 log_progress(log, bar, name, k + 1, total, loss)
 
 
+def reconstruction_loss(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """L1 + L2: L1 keeps flat colours crisp, L2 punishes the odd wild pixel."""
+    return (rec - x).abs().mean() + F.mse_loss(rec, x)
+
+
+def descend(opt: torch.optim.Optimizer, loss: torch.Tensor) -> float:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
 def train_vae(cfg: GeneratorConfig, work: Path, device: torch.device, log: Callable[[str], None]) -> AutoencoderKL:
     """Autoencoder on random scenes: L1 + L2 reconstruction, a whisper of KL."""
     torch.manual_seed(cfg.seed)
@@ -88,11 +100,7 @@ def train_vae(cfg: GeneratorConfig, work: Path, device: torch.device, log: Calla
                              torch.float32)
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample(generator=gen)).sample
-        loss = (rec - x).abs().mean() + F.mse_loss(rec, x) + cfg.vae.kl_weight * post.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.item()
+        return descend(opt, reconstruction_loss(rec, x) + cfg.vae.kl_weight * post.kl().mean())
 
     def load(saved: dict) -> None:
         vae.load_state_dict(saved["model"])
@@ -195,12 +203,7 @@ def train_decoder(cfg: GeneratorConfig, pipe: ShapeWorldPipeline, work: Path, de
                              torch.float32)
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mode()
-        rec = vae.decode(z).sample
-        loss = (rec - x).abs().mean() + F.mse_loss(rec, x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.item()
+        return descend(opt, reconstruction_loss(vae.decode(z).sample, x))
 
     def load(saved: dict) -> None:
         vae.load_state_dict(saved["model"])
