@@ -52,7 +52,8 @@ class Runtime:
     verifier: Callable[[str, np.ndarray], bool] | None = None
 
 
-def build_graph(rt: Runtime, checkpointer=None):
+def build_graph(rt: Runtime, checkpointer=None, interrupt_before: list[str] | None = None):
+    """`interrupt_before=["revise"]` pauses each session after its critique (human review)."""
     async def new_round(state: LoopState, index: int, image: np.ndarray, role: str, seconds: float) -> dict:
         rel = rt.store.put_image(image)
         rewards, correct = {}, None
@@ -120,4 +121,4 @@ def build_graph(rt: Runtime, checkpointer=None):
     graph.add_conditional_edges("critique", lambda s: "finish" if s.stop_reason else "revise", ["finish", "revise"])
     graph.add_edge("revise", "critique")
     graph.add_edge("finish", END)
-    return graph.compile(checkpointer=checkpointer)
+    return graph.compile(checkpointer=checkpointer, interrupt_before=interrupt_before)
