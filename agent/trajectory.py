@@ -93,6 +93,7 @@ class RoundRecord(BaseModel):
     verdict: Literal["right", "wrong"] | None = None
     instruction: str | None = None  # the edit the critic asked for
     critique_error: str | None = None  # why the critique did not parse
+    critique_by: Literal["model", "human"] = "model"  # a person may write it (replay --critique, run --review)
     rewards: dict[str, Finite] = {}  # e.g. {"verifier": 1.0, "judge": 0.83}
     correct: bool | None = None  # ground-truth verdict, when known
     timings: dict[str, Finite] = {}  # seconds per role, e.g. {"generate": 0.4}

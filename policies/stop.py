@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 StopReason = Literal["critic_satisfied", "score_threshold", "max_rounds", "no_improvement", "critique_unreadable",
-                     "no_edit"]
+                     "no_edit", "rejected_by_reviewer"]
 
 
 class StopPolicy(BaseModel):
