@@ -7,6 +7,7 @@ from importlib.metadata import PackageNotFoundError, version
 import typer
 
 from agent.cli_inspect import inspect_cmd
+from agent.cli_replay import replay_cmd
 from agent.cli_run import run_cmd
 from agent.cli_world import world_app
 
@@ -18,6 +19,7 @@ app = typer.Typer(
 )
 app.command("run")(run_cmd)
 app.command("inspect")(inspect_cmd)
+app.command("replay")(replay_cmd)
 app.add_typer(world_app, name="world")
 
 

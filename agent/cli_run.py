@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from agent.config import RunConfig
+from agent.review import terminal_reviewer
 from agent.runner import SessionSpec, make_runtime, run_sessions
 from agent.store import RunStore, StoreError, atomic_write
 from agent.trajectory import RunManifest, SessionRecord
@@ -85,6 +86,8 @@ def run_cmd(
     max_rounds: int = typer.Option(None, help="Revisions allowed (0 = one-shot)."),
     out: Path = typer.Option(None, "--out", "-o", help="Run directory to create (default runs/run-TIME)."),
     resume: Path = typer.Option(None, "--resume", help="Finish every unfinished session of this run."),
+    review: bool = typer.Option(False, "--review", help="Pause before each revision: accept, edit or reject "
+                                                        "the critique in the terminal."),
 ) -> None:
     """Run generate -> critique -> revise sessions, many at once, and log them."""
     try:
@@ -120,17 +123,20 @@ def run_cmd(
             raise bad_input(str(e)) from None
     rt = make_runtime(store, image_model, image_model, critic, cfg.stop,
                       verifier=lambda p, img: check_image(p, img).ok, max_batch=cfg.max_batch)
-    records = _run_with_progress(rt, specs, cfg.concurrency)
+    reviewer = terminal_reviewer(console) if review else None
+    records = _run_with_progress(rt, specs, cfg.concurrency, reviewer)
     store.write_jsonl()
     print_summary(records)
+    if forks := [s.id for s in store.sessions() if s.parent_id and s.status == "running"]:
+        console.print(f"unfinished forks, finished by `refloop replay {store.root} ID`: {', '.join(forks)}")
     console.print(f"run directory: {store.root}")
 
 
-def _run_with_progress(rt, specs: list[SessionSpec], concurrency: int) -> list[SessionRecord]:
+def _run_with_progress(rt, specs: list[SessionSpec], concurrency: int, reviewer=None) -> list[SessionRecord]:
     done = Counter()
     with Progress(TextColumn("sessions"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("rounds {task.fields[rounds]}  accuracy {task.fields[acc]}"),
-                  TimeElapsedColumn(), console=console) as bar:
+                  TimeElapsedColumn(), console=console, disable=reviewer is not None) as bar:
         task = bar.add_task("run", total=len(specs), rounds=0, acc="-")
 
         def on_done(record: SessionRecord) -> None:
@@ -139,7 +145,7 @@ def _run_with_progress(rt, specs: list[SessionSpec], concurrency: int) -> list[S
             done["right"] += bool(record.rounds and record.rounds[-1].correct)
             bar.update(task, advance=1, rounds=done["rounds"], acc=f"{done['right'] / done['n']:.2f}")
 
-        return asyncio.run(run_sessions(rt, specs, concurrency, on_done=on_done))
+        return asyncio.run(run_sessions(rt, specs, concurrency, on_done=on_done, reviewer=reviewer))
 
 
 def print_summary(records: list[SessionRecord]) -> None:

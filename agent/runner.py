@@ -14,6 +14,7 @@ from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from pydantic import BaseModel
 
 from agent.graph import LoopState, Runtime, build_graph
+from agent.review import Reviewer, review_paused
 from agent.trajectory import SessionRecord
 from model.worker import BatchedWorker
 
@@ -37,10 +38,12 @@ async def open_checkpointer(path: Path) -> AsyncSqliteSaver:
 
 
 async def run_sessions(rt: Runtime, specs: list[SessionSpec], concurrency: int = 32,
-                       on_done: Callable[[SessionRecord], None] | None = None) -> list[SessionRecord]:
-    """Run (or finish) every session in `specs`; sessions already done are left as they are."""
+                       on_done: Callable[[SessionRecord], None] | None = None,
+                       reviewer: Reviewer | None = None) -> list[SessionRecord]:
+    """Run (or finish) every session in `specs`; sessions already done are left as they are.
+    With a reviewer, each session pauses before every revision until the reviewer answers."""
     saver = await open_checkpointer(rt.store.root / CHECKPOINTS)
-    graph = build_graph(rt, saver)
+    graph = build_graph(rt, saver, interrupt_before=["revise"] if reviewer else None)
     gate = asyncio.Semaphore(concurrency)
 
     async def one(spec: SessionSpec) -> SessionRecord:
@@ -53,7 +56,13 @@ async def run_sessions(rt: Runtime, specs: list[SessionSpec], concurrency: int =
             snapshot = await graph.aget_state(config)
             start = None if snapshot.values else LoopState(session_id=spec.id, prompt=spec.prompt, seed=spec.seed)
             try:
-                await graph.ainvoke(start, config, durability="sync")
+                while True:  # one pass without a reviewer; one per revision with one
+                    if reviewer is not None and snapshot.next == ("revise",):
+                        await review_paused(graph, rt, config, reviewer)
+                    await graph.ainvoke(start, config, durability="sync")
+                    start, snapshot = None, await graph.aget_state(config)
+                    if not snapshot.next:
+                        break
                 record = rt.store.get(spec.id)
             except Exception as e:  # noqa: BLE001 - one session's failure must not sink the others
                 record = rt.store.fail_session(spec.id, f"{type(e).__name__}: {e}")

@@ -1,7 +1,47 @@
 import numpy as np
 import pytest
+import torch
+import yaml
+
+# A tiny random ShapeWorld pipeline: real architecture, seconds to build, meaningless pixels.
+TINY = {"vae": {"block_out_channels": [8, 8, 8]},
+        "denoiser": {"num_layers": 2, "heads": 2, "head_dim": 8, "text_hidden": 16, "text_layers": 1}}
 
 
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Folders of a tiny random generator/editor and critic, saved as real checkpoints."""
+    from model.critic.build import build_critic
+    from model.shapeworld.build import build_pipeline
+    from model.shapeworld.config import GeneratorConfig
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    torch.manual_seed(0)
+    build_pipeline(GeneratorConfig.model_validate(TINY)).save_pretrained(root / "image")
+    model, processor = build_critic()
+    model.save_pretrained(root / "critic")
+    processor.save_pretrained(root / "critic")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_image_model(tiny_models):
+    from model.shapeworld.backend import ShapeWorldImageConfig, ShapeWorldImageModel
+
+    return ShapeWorldImageModel(ShapeWorldImageConfig(path=str(tiny_models / "image"), steps=2))
+
+
+@pytest.fixture(scope="session")
+def tiny_run_config(tiny_models):
+    """A run config YAML on the tiny models: one revision at most, small batches."""
+    cfg = {"concurrency": 4, "max_batch": 4, "stop": {"max_rounds": 1},
+           "models": {"image": {"path": str(tiny_models / "image"), "steps": 2},
+                      "critic": {"path": str(tiny_models / "critic"), "max_new_tokens": 12}}}
+    path = tiny_models / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path

@@ -1,0 +1,152 @@
+"""Replay: a finished session forked at round K with LangGraph time travel, with or without a
+person's critique; the fork is a new session linked to its parent, and the parent is untouched."""
+
+import asyncio
+import time
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from agent.cli import app
+from agent.replay import ReplayError, fork_session, resume_fork
+from agent.runner import SessionSpec, make_runtime, run_sessions
+from agent.store import RunStore
+from agent.trajectory import RunManifest
+from policies.stop import StopPolicy
+
+RIGHT = "seen: a circle\nwrong: nothing\nverdict: right"
+ADD = "seen: nothing\nwrong: expected a circle, found none\nverdict: wrong\nedit: add a circle"
+REMOVE = "seen: two circles\nwrong: one circle too many\nverdict: wrong\nedit: remove a circle"
+
+
+class ScriptedCritic:
+    def __init__(self, texts):
+        self.texts = list(texts)
+
+    def critique(self, prompts, images):
+        return [self.texts.pop(0) for _ in prompts]
+
+
+@pytest.fixture
+def image_model(tiny_image_model):
+    return tiny_image_model
+
+
+def runtime(store, image_model, critic, max_rounds=3):
+    return make_runtime(store, image_model, image_model, critic, StopPolicy(max_rounds=max_rounds))
+
+
+@pytest.fixture
+def finished_run(tmp_path, image_model):
+    """One session: round 0 -> add -> round 1 -> add -> round 2 -> right."""
+    store = RunStore.create(tmp_path / "run", RunManifest(run_id="t", created_at=time.time(), seed=0,
+                                                          refloop_version="test"))
+    rt = runtime(store, image_model, ScriptedCritic([ADD, ADD, RIGHT]))
+    [record] = asyncio.run(run_sessions(rt, [SessionSpec(id="s", prompt="a circle", seed=3)]))
+    assert (record.stop_reason, len(record.rounds)) == ("critic_satisfied", 3)
+    return store
+
+
+def fork(store, image_model, texts, **kw):
+    async def go():
+        rt = runtime(store, image_model, ScriptedCritic(texts))
+        try:
+            return await fork_session(rt, **kw)
+        finally:
+            for w in (rt.generator, rt.editor, rt.critic):
+                await w.close()
+    return asyncio.run(go())
+
+
+def test_fork_with_a_human_critique(finished_run, image_model):
+    parent_before = finished_run.get("s")
+    fork_rec = fork(finished_run, image_model, [RIGHT], parent_id="s", round_index=1, critique=REMOVE)
+    assert fork_rec.id == "s.fork1" and (fork_rec.parent_id, fork_rec.fork_round) == ("s", 1)
+    assert fork_rec.status == "done" and fork_rec.stop_reason == "critic_satisfied"
+    assert [r.image for r in fork_rec.rounds[:2]] == [r.image for r in parent_before.rounds[:2]]
+    r1 = fork_rec.rounds[1]
+    assert (r1.critique_by, r1.instruction, r1.verdict) == ("human", "remove a circle", "wrong")
+    assert fork_rec.rounds[2].calls.get("editor") == 1 and fork_rec.rounds[2].critique == RIGHT
+    assert len(fork_rec.rounds) == 3
+    assert finished_run.get("s") == parent_before  # the parent is untouched
+
+
+def test_fork_without_critique_asks_the_critic_again(finished_run, image_model):
+    fork_rec = fork(finished_run, image_model, [RIGHT], parent_id="s", round_index=0)
+    assert fork_rec.rounds[0].critique == RIGHT and fork_rec.rounds[0].critique_by == "model"
+    assert (len(fork_rec.rounds), fork_rec.stop_reason) == (1, "critic_satisfied")
+    second = fork(finished_run, image_model, [ADD, RIGHT], parent_id="s", round_index=0)
+    assert second.id == "s.fork2" and len(second.rounds) == 2
+    # a fork of a fork: found in the first ancestor's thread
+    third = fork(finished_run, image_model, [RIGHT], parent_id="s.fork2", round_index=1)
+    assert (third.parent_id, third.fork_round, len(third.rounds)) == ("s.fork2", 1, 2)
+
+
+def test_a_right_verdict_from_a_person_ends_the_fork(finished_run, image_model):
+    fork_rec = fork(finished_run, image_model, [], parent_id="s", round_index=0, critique=RIGHT)
+    assert (len(fork_rec.rounds), fork_rec.stop_reason) == (1, "critic_satisfied")
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"parent_id": "nope", "round_index": 0}, "no session"),
+    ({"parent_id": "s", "round_index": 7}, "no round 7"),
+    ({"parent_id": "s", "round_index": 0, "critique": "looks fine"}, "does not follow the format"),
+    ({"parent_id": "s", "round_index": 0, "critique": "verdict: wrong\nedit: paint it"}, "does not follow"),
+])
+def test_bad_forks_write_nothing(finished_run, image_model, kw, message):
+    before = finished_run.session_ids()
+    with pytest.raises(ReplayError, match=message):
+        fork(finished_run, image_model, [], **kw)
+    assert finished_run.session_ids() == before
+
+
+def test_a_killed_fork_resumes(finished_run, image_model):
+    class Dies(ScriptedCritic):
+        def critique(self, prompts, images):
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):  # the critic dies on the fork's round 2
+        asyncio.run(_fork_with(finished_run, image_model, Dies([])))
+    half = finished_run.get("s.fork1")
+    assert half.status == "running" and len(half.rounds) == 3 and half.rounds[2].critique is None
+
+    async def finish():
+        rt = runtime(finished_run, image_model, ScriptedCritic([RIGHT]))
+        try:
+            return await resume_fork(rt, "s.fork1")
+        finally:
+            for w in (rt.generator, rt.editor, rt.critic):
+                await w.close()
+    done = asyncio.run(finish())
+    assert done.status == "done" and len(done.rounds) == 3 and done.rounds[2].critique == RIGHT
+
+
+async def _fork_with(store, image_model, critic):
+    rt = runtime(store, image_model, critic)
+    try:
+        return await fork_session(rt, "s", 1, critique=REMOVE)
+    finally:
+        for w in (rt.generator, rt.editor, rt.critic):
+            await w.close()
+
+
+def test_replay_from_the_command_line(tmp_path, tiny_run_config):
+    cli = CliRunner()
+    out = tmp_path / "run"
+    ran = cli.invoke(app, ["run", "a red circle", "--config", str(tiny_run_config), "--out", str(out)])
+    assert ran.exit_code == 0, ran.output
+    fork = cli.invoke(app, ["replay", str(out), "p00000", "--from-round", "0", "--critique",
+                            "seen: nothing\nwrong: no circle\nverdict: wrong\nedit: add a red circle"])
+    assert fork.exit_code == 0, fork.output
+    assert "p00000.fork1" in fork.output and "human" in fork.output
+    lines = {json.loads(line)["id"]: json.loads(line) for line in (out / "sessions.jsonl").read_text().splitlines()}
+    made = lines["p00000.fork1"]
+    assert (made["parent_id"], made["fork_round"], made["status"]) == ("p00000", 0, "done")
+    assert made["rounds"][0]["instruction"] == "add a red circle" and len(made["rounds"]) == 2
+    for args, message in [(["--from-round", "3"], "no round 3"), ([], "--from-round"),
+                          (["--from-round", "0", "--critique", "fine"], "format")]:
+        bad = cli.invoke(app, ["replay", str(out), "p00000", *args])
+        assert bad.exit_code == 2 and message in bad.output, bad.output
+    assert cli.invoke(app, ["replay", str(tmp_path / "nope"), "p00000", "--from-round", "0"]).exit_code == 2

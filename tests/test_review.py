@@ -1,0 +1,81 @@
+"""Human review: sessions pause before each revision; accept, edit and reject each do what they say."""
+
+import asyncio
+import time
+
+import pytest
+
+from agent.review import ReviewDecision, ReviewRequest, edited_critique
+from agent.runner import SessionSpec, make_runtime, run_sessions
+from agent.store import RunStore
+from agent.trajectory import RunManifest
+from policies.stop import StopPolicy
+
+ADD = "seen: nothing\nwrong: expected a circle, found none\nverdict: wrong\nedit: add a circle"
+RIGHT = "seen: a circle\nwrong: nothing\nverdict: right"
+
+
+class ScriptedCritic:
+    def __init__(self, script):
+        self.script = {p: list(t) for p, t in script.items()}
+
+    def critique(self, prompts, images):
+        return [self.script[p].pop(0) for p in prompts]
+
+
+def test_accept_edit_reject(tmp_path, tiny_image_model):
+    critic = ScriptedCritic({"a circle": [ADD, RIGHT], "a square": [ADD, RIGHT], "a triangle": [ADD]})
+    asked: list[ReviewRequest] = []
+
+    async def reviewer(request: ReviewRequest) -> ReviewDecision:
+        asked.append(request)
+        if request.prompt == "a square":
+            return ReviewDecision(action="edit", critique=edited_critique(request.critique, "remove the circle"))
+        if request.prompt == "a triangle":
+            return ReviewDecision(action="reject")
+        return ReviewDecision(action="accept")
+
+    store = RunStore.create(tmp_path / "run", RunManifest(run_id="t", created_at=time.time(), seed=0,
+                                                          refloop_version="test"))
+    rt = make_runtime(store, tiny_image_model, tiny_image_model, critic, StopPolicy(max_rounds=3))
+    specs = [SessionSpec(id=f"s{i}", prompt=p, seed=i) for i, p in enumerate(["a circle", "a square", "a triangle"])]
+    records = {r.prompt: r for r in asyncio.run(run_sessions(rt, specs, concurrency=3, reviewer=reviewer))}
+
+    assert sorted((r.prompt, r.round) for r in asked) == [("a circle", 0), ("a square", 0), ("a triangle", 0)]
+    assert all(r.critique == ADD and r.image.endswith(".png") for r in asked)
+    circle, square, triangle = records["a circle"], records["a square"], records["a triangle"]
+    assert (circle.stop_reason, len(circle.rounds), circle.rounds[0].critique_by) == ("critic_satisfied", 2, "model")
+    assert (square.stop_reason, len(square.rounds)) == ("critic_satisfied", 2)
+    assert square.rounds[0].critique_by == "human" and square.rounds[0].instruction == "remove the circle"
+    assert "seen: nothing" in square.rounds[0].critique  # the critic's observations are kept
+    assert (triangle.stop_reason, len(triangle.rounds), triangle.status) == ("rejected_by_reviewer", 1, "done")
+    assert not any(critic.script.values())
+
+
+def test_edited_critique():
+    assert edited_critique(ADD, "right") == "seen: nothing\nwrong: nothing\nverdict: right"
+    assert edited_critique("garbage", "Add a  red circle").endswith("edit: add a red circle")
+    with pytest.raises(ValueError):
+        edited_critique(ADD, "paint it blue")
+    with pytest.raises(ValueError):
+        ReviewDecision(action="edit")
+    with pytest.raises(ValueError):
+        ReviewDecision(action="accept", critique=RIGHT)
+
+
+def test_terminal_reviewer_asks_until_the_answer_is_usable(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from agent.review import terminal_reviewer
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("x\ne\npaint it blue\ne\nAdd a red circle\nr\n"))
+    out = io.StringIO()
+    review = terminal_reviewer(Console(file=out, width=100))
+    request = ReviewRequest(session_id="s", prompt="a red circle", round=0, image="/tmp/x.png", critique=ADD,
+                            instruction="add a circle")
+    decision = asyncio.run(review(request))
+    assert decision.action == "edit" and decision.critique.endswith("edit: add a red circle")
+    assert "not usable" in out.getvalue() and "edit: add a circle" in out.getvalue()  # shown the critique
+    assert asyncio.run(review(request)).action == "reject"
