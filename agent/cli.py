@@ -9,6 +9,7 @@ import typer
 from agent.cli_inspect import inspect_cmd
 from agent.cli_replay import replay_cmd
 from agent.cli_run import run_cmd
+from agent.cli_view import view_cmd
 from agent.cli_world import world_app
 
 app = typer.Typer(
@@ -20,6 +21,7 @@ app = typer.Typer(
 app.command("run")(run_cmd)
 app.command("inspect")(inspect_cmd)
 app.command("replay")(replay_cmd)
+app.command("view")(view_cmd)
 app.add_typer(world_app, name="world")
 
 

@@ -99,6 +99,8 @@ class RoundRecord(BaseModel):
     timings: dict[str, Finite] = {}  # seconds per role, e.g. {"generate": 0.4}
     calls: dict[str, int] = {}  # model calls per role, e.g. {"generator": 1}
     candidates: list[RelPath] = []  # every image a search produced; `image` is the one kept
+    candidate_scores: list[Finite] = []  # the judge's score of each candidate, in the same order
+    judge_reason: str | None = None  # why the judge scored the kept image as it did
 
 
 class SessionRecord(Versioned):

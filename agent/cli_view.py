@@ -1,0 +1,54 @@
+"""`refloop view RUN_DIR...`: serve the read-only web viewer of runs until Ctrl-C."""
+
+from __future__ import annotations
+
+import ipaddress
+import webbrowser
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from agent.store import RunStore, StoreError
+from agent.viewer import make_server, server_url
+
+errors = Console(stderr=True, soft_wrap=True)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def view_cmd(
+    runs: list[Path] = typer.Argument(..., help="One or more run directories."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; the default keeps the runs private."),
+    port: int = typer.Option(8765, "--port", help="Port to listen on (0: any free one)."),
+    open_browser: bool = typer.Option(False, "--open", help="Open the viewer in the default browser."),
+) -> None:
+    """A local web viewer: run overview with plots, a filterable session list, each session's rounds."""
+    try:
+        stores = [RunStore.open(run) for run in runs]
+    except StoreError as e:
+        errors.print(f"[bold red]error:[/] {e}", highlight=False)
+        raise typer.Exit(2) from None
+    try:
+        server = make_server(stores, host, port)
+    except OSError as e:
+        errors.print(f"[bold red]error:[/] cannot listen on {host}:{port}: {e.strerror or e}", highlight=False)
+        raise typer.Exit(2) from None
+    if not _is_loopback(host):
+        errors.print(f"[yellow]warning:[/] bound to {host}: anyone who can reach it can read these runs",
+                     highlight=False)
+    url = server_url(server)
+    typer.echo(f"refloop view: {url}  (Ctrl-C to stop)")
+    if open_browser:
+        webbrowser.open(url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        typer.echo("stopped")
+    finally:
+        server.server_close()
