@@ -6,6 +6,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import typer
 
+from agent.cli_bench import bench_cmd
 from agent.cli_inspect import inspect_cmd
 from agent.cli_replay import replay_cmd
 from agent.cli_run import run_cmd
@@ -20,6 +21,7 @@ app = typer.Typer(
 )
 app.command("run")(run_cmd)
 app.command("inspect")(inspect_cmd)
+app.command("bench")(bench_cmd)
 app.command("replay")(replay_cmd)
 app.command("view")(view_cmd)
 app.add_typer(world_app, name="world")

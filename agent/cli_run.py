@@ -20,7 +20,7 @@ from rich.table import Table
 
 from agent.config import RunConfig
 from agent.review import terminal_reviewer
-from agent.runner import SessionSpec, make_runtime, run_sessions
+from agent.runner import SessionSpec, make_judge, make_runtime, run_sessions
 from agent.store import RunStore, StoreError, atomic_write
 from agent.trajectory import RunManifest, SessionRecord
 from world import PromptError, check_image, parse_prompt, suite
@@ -121,8 +121,8 @@ def run_cmd(
             atomic_write(store.root / SPECS, "".join(s.model_dump_json() + "\n" for s in specs).encode())
         except (StoreError, OSError) as e:
             raise bad_input(str(e)) from None
-    rt = make_runtime(store, image_model, image_model, critic, cfg.stop,
-                      verifier=lambda p, img: check_image(p, img).ok, max_batch=cfg.max_batch)
+    rt = make_runtime(store, image_model, image_model, critic, cfg.stop, judge=make_judge(cfg.search),
+                      verifier=lambda p, img: check_image(p, img).ok, max_batch=cfg.max_batch, search=cfg.search)
     reviewer = terminal_reviewer(console) if review else None
     records = _run_with_progress(rt, specs, cfg.concurrency, reviewer)
     store.write_jsonl()

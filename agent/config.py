@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from model.critic.backend import CriticBackendConfig
 from model.shapeworld.backend import ShapeWorldImageConfig
+from policies.search import SearchPolicy
 from policies.stop import StopPolicy
 
 
@@ -27,6 +28,7 @@ class RunConfig(Strict):
     max_batch: int = Field(32, ge=1)  # rows per model call
     models: Models = Models()
     stop: StopPolicy = StopPolicy()
+    search: SearchPolicy = SearchPolicy()
 
     @classmethod
     def load(cls, path: str | Path | None, **overrides) -> RunConfig:

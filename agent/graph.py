@@ -5,23 +5,61 @@
 State holds paths and small values only; pixels live in the run store. Each node writes its
 round to the store as it happens (a node re-run after a crash overwrites its own round), and
 the critique node decides whether to stop, so that every stop has its reason in the state.
+
+Search (policies/search.py) widens a round: `generate` or `revise` plans k candidates and fans
+them out with `Send` to `candidate` branches (one super-step, so the model workers batch them),
+and `pick` keeps the one the judge scores highest:
+
+    generate|revise -> candidate x k -> pick -> critique
+
+A round of one candidate is made inside `generate` / `revise` themselves, exactly as without search.
 """
 
 from __future__ import annotations
 
+import asyncio
+import operator
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
 import numpy as np
 from langgraph.graph import END, START, StateGraph
+from langgraph.types import Overwrite, Send
 from pydantic import BaseModel
 
 from agent.store import RunStore
 from agent.trajectory import RoundRecord
 from model.worker import BatchedWorker
 from policies.critique import REGENERATE, CritiqueError, parse_critique
+from policies.search import SearchPolicy, candidate_seed, pick
 from policies.stop import StopPolicy
+from rewards.base import as_scored
+
+
+class CandidateTask(BaseModel):
+    """What one candidate branch makes. Sent as a plain dict: Send arguments are checkpointed."""
+
+    round: int
+    index: int
+    seed: int
+    prompt: str
+    instruction: str | None = None  # None: generate from the prompt; else edit `source`
+    source: str | None = None
+
+
+class Candidate(BaseModel):
+    """One image a branch made, with the judge's word on it (a plain dict in the state)."""
+
+    round: int
+    index: int
+    image: str  # relative to the run directory
+    role: Literal["generate", "edit"]
+    seconds: float
+    score: float | None = None  # None without a judge
+    reason: str | None = None
+    judge_seconds: float = 0.0
 
 
 class LoopState(BaseModel):
@@ -35,6 +73,8 @@ class LoopState(BaseModel):
     critique_error: str | None = None
     scores: list[float] = []  # the judge's score of each round, when there is a judge
     stop_reason: str | None = None
+    tasks: list[dict] = []  # the round being fanned out, one CandidateTask per branch
+    candidates: Annotated[list[dict], operator.add] = []  # what the branches made (fan-in)
 
 
 @dataclass
@@ -48,77 +88,138 @@ class Runtime:
     editor: BatchedWorker  # (image, instruction, seed) -> image
     critic: BatchedWorker  # (prompt, image) -> text
     policy: StopPolicy
-    judge: BatchedWorker | None = None  # (prompt, image) -> score in [0, 1]
+    judge: BatchedWorker | None = None  # (prompt, image) -> Scored (rewards.base) or a float in [0, 1]
     verifier: Callable[[str, np.ndarray], bool] | None = None
+    search: SearchPolicy = field(default_factory=SearchPolicy)
+
+    @property
+    def recursion_limit(self) -> int:
+        """The stop policy's bound on super-steps, plus two (candidate, pick) per fanned-out round."""
+        wide = (self.search.best_of > 1) + (self.search.revisions > 1) * self.policy.max_rounds
+        return self.policy.recursion_limit + 2 * wide
 
 
 def build_graph(rt: Runtime, checkpointer=None, interrupt_before: list[str] | None = None):
     """`interrupt_before=["revise"]` pauses each session after its critique (human review)."""
-    async def new_round(state: LoopState, index: int, image: np.ndarray, role: str, seconds: float) -> dict:
-        rel = rt.store.put_image(image)
+    if rt.judge is None and (rt.search.best_of > 1 or rt.search.revisions > 1):
+        raise ValueError("a search with several candidates per round needs a judge")
+
+    def plan(state: LoopState, round_index: int) -> list[CandidateTask]:
+        """Round 0 generates from the prompt; a revision edits the current image, or generates
+        again when the critic said so. Round r's seed is seed + r, as without search."""
+        edit = round_index > 0 and state.instruction != REGENERATE
+        return [CandidateTask(round=round_index, index=k, seed=candidate_seed(state.seed + round_index, k),
+                              prompt=state.prompt, instruction=state.instruction if edit else None,
+                              source=state.image if edit else None)
+                for k in range(rt.search.width(round_index))]
+
+    async def make_candidate(task: CandidateTask) -> Candidate:
+        """One generator or editor call, then one judge call on its image (when there is a judge)."""
+        t0 = time.perf_counter()
+        if task.source is None:
+            image, role = await rt.generator((task.prompt, task.seed)), "generate"
+        else:
+            source = await asyncio.to_thread(rt.store.load_image, task.source)
+            image, role = await rt.editor((source, task.instruction, task.seed)), "edit"
+        seconds = time.perf_counter() - t0
+        made = Candidate(round=task.round, index=task.index, image=await asyncio.to_thread(rt.store.put_image, image),
+                         role=role, seconds=seconds)
+        if rt.judge is None:
+            return made
+        t0 = time.perf_counter()
+        scored = as_scored(await rt.judge((task.prompt, image)))
+        return made.model_copy(update={"score": scored.value, "reason": scored.reason,
+                                       "judge_seconds": time.perf_counter() - t0})
+
+    def record_round(state: LoopState, candidates: list[Candidate]) -> dict:
+        """Record the round with the judge's pick as its image; every model call is counted."""
+        candidates = sorted(candidates, key=lambda c: c.index)
+        judged = rt.judge is not None
+        best = candidates[pick([c.score for c in candidates])] if judged else candidates[0]
         rewards, correct = {}, None
         if rt.verifier is not None:
-            correct = bool(rt.verifier(state.prompt, image))
+            correct = bool(rt.verifier(state.prompt, rt.store.load_image(best.image)))
             rewards["verifier"] = float(correct)
+        timings = {best.role: max(c.seconds for c in candidates)}  # branches run side by side
+        calls = {"generator" if best.role == "generate" else "editor": len(candidates)}
+        if judged:
+            rewards["judge"] = best.score
+            timings["judge"], calls["judge"] = max(c.judge_seconds for c in candidates), len(candidates)
+        wide = len(candidates) > 1
         rt.store.upsert_round(state.session_id, RoundRecord(
-            index=index, image=rel, rewards=rewards, correct=correct, timings={role: seconds},
-            calls={"generator" if role == "generate" else "editor": 1}))
-        return {"image": rel, "revisions": index, "verdict": None, "instruction": None, "critique_error": None}
+            index=best.round, image=best.image, rewards=rewards, correct=correct, timings=timings, calls=calls,
+            candidates=[c.image for c in candidates] if wide else [],
+            candidate_scores=[c.score for c in candidates] if wide and judged else [],
+            judge_reason=best.reason or None))
+        scores = [*state.scores, best.score] if judged else state.scores
+        return {"image": best.image, "revisions": best.round, "verdict": None, "instruction": None,
+                "critique_error": None, "scores": scores, "tasks": []}
+
+    async def keep(state: LoopState, candidates: list[Candidate]) -> dict:
+        # Store writes (each fsync'd) and the verifier's parse, off the event loop: run on it, they
+        # stall every other session, and the model workers' batches go out half full.
+        return await asyncio.to_thread(record_round, state, candidates)
+
+    async def open_round(state: LoopState, round_index: int) -> dict:
+        tasks = plan(state, round_index)
+        if len(tasks) == 1:
+            return await keep(state, [await make_candidate(tasks[0])])
+        return {"tasks": [t.model_dump() for t in tasks], "candidates": Overwrite([])}
 
     async def generate(state: LoopState) -> dict:
-        t0 = time.perf_counter()
-        image = await rt.generator((state.prompt, state.seed))
-        return await new_round(state, 0, image, "generate", time.perf_counter() - t0)
+        return await open_round(state, 0)
 
-    async def critique(state: LoopState) -> dict:
-        image = rt.store.load_image(state.image)
-        t0 = time.perf_counter()
-        text = await rt.critic((state.prompt, image))
-        seconds = time.perf_counter() - t0
+    async def candidate(task: dict) -> dict:
+        made = await make_candidate(CandidateTask.model_validate(task))
+        return {"candidates": [made.model_dump()]}
+
+    async def pick_node(state: LoopState) -> dict:
+        return await keep(state, [Candidate.model_validate(c) for c in state.candidates])
+
+    def record_critique(state: LoopState, text: str, seconds: float) -> dict:
+        """Parse the reflection (a text that does not parse is recorded), then decide whether to stop."""
         verdict = instruction = error = None
         try:
             parsed = parse_critique(text)
             verdict, instruction = parsed.verdict, parsed.instruction
         except CritiqueError as e:
             error = str(e)
-        scores = list(state.scores)
         record = rt.store.get(state.session_id).rounds[state.revisions]
-        rewards, timings, calls = dict(record.rewards), dict(record.timings), dict(record.calls)
-        timings["critique"], calls["critic"] = seconds, 1
-        if rt.judge is not None:
-            t0 = time.perf_counter()
-            score = float(await rt.judge((state.prompt, image)))
-            timings["judge"], calls["judge"], rewards["judge"] = time.perf_counter() - t0, 1, score
-            scores.append(score)
+        timings, calls = {**record.timings, "critique": seconds}, {**record.calls, "critic": 1}
         rt.store.upsert_round(state.session_id, record.model_copy(update={
             "critique": text, "verdict": verdict, "instruction": instruction, "critique_error": error,
-            "rewards": rewards, "timings": timings, "calls": calls}))
-        stop = rt.policy.decide(state.revisions, verdict, scores, error, instruction)
-        return {"verdict": verdict, "instruction": instruction, "critique_error": error, "scores": scores,
-                "stop_reason": stop}
+            "timings": timings, "calls": calls}))
+        stop = rt.policy.decide(state.revisions, verdict, state.scores, error, instruction)
+        return {"verdict": verdict, "instruction": instruction, "critique_error": error, "stop_reason": stop}
+
+    async def critique(state: LoopState) -> dict:
+        image = await asyncio.to_thread(rt.store.load_image, state.image)
+        t0 = time.perf_counter()
+        text = await rt.critic((state.prompt, image))
+        return await asyncio.to_thread(record_critique, state, text, time.perf_counter() - t0)
 
     async def revise(state: LoopState) -> dict:
-        seed = state.seed + state.revisions + 1
-        t0 = time.perf_counter()
-        if state.instruction == REGENERATE:
-            image, role = await rt.generator((state.prompt, seed)), "generate"
-        else:
-            source = rt.store.load_image(state.image)
-            image, role = await rt.editor((source, state.instruction, seed)), "edit"
-        return await new_round(state, state.revisions + 1, image, role, time.perf_counter() - t0)
+        return await open_round(state, state.revisions + 1)
 
     async def finish(state: LoopState) -> dict:
-        rt.store.finish_session(state.session_id, state.stop_reason, final_image=state.image)
+        await asyncio.to_thread(rt.store.finish_session, state.session_id, state.stop_reason, state.image)
         return {}
+
+    def fan_out(state: LoopState) -> str | list[Send]:
+        return [Send("candidate", task) for task in state.tasks] if state.tasks else "critique"
 
     graph = StateGraph(LoopState)
     graph.add_node("generate", generate)
+    graph.add_node("candidate", candidate)
+    graph.add_node("pick", pick_node)
     graph.add_node("critique", critique)
     graph.add_node("revise", revise)
     graph.add_node("finish", finish)
     graph.add_edge(START, "generate")
-    graph.add_edge("generate", "critique")
+    graph.add_conditional_edges("generate", fan_out, ["candidate", "critique"])
+    graph.add_edge("candidate", "pick")
+    graph.add_edge("pick", "critique")
     graph.add_conditional_edges("critique", lambda s: "finish" if s.stop_reason else "revise", ["finish", "revise"])
-    graph.add_edge("revise", "critique")
+    graph.add_conditional_edges("revise", fan_out, ["candidate", "critique"])
     graph.add_edge("finish", END)
     return graph.compile(checkpointer=checkpointer, interrupt_before=interrupt_before)

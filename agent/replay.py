@@ -103,7 +103,7 @@ async def fork_session(rt: Runtime, parent_id: str, round_index: int, critique: 
             update = {"session_id": new_id, **human_critique_update(rt, new_id, round_index, critique, scores)}
             as_node = "critique"
         config = await graph.aupdate_state(snap.config, update, as_node=as_node)
-        await graph.ainvoke(None, {**config, "recursion_limit": rt.policy.recursion_limit}, durability="sync")
+        await graph.ainvoke(None, {**config, "recursion_limit": rt.recursion_limit}, durability="sync")
         return rt.store.get(new_id)
     finally:
         await saver.conn.close()
@@ -123,7 +123,7 @@ async def resume_fork(rt: Runtime, session_id: str) -> SessionRecord:
                 if s.values.get("session_id") == session_id]
         if not mine:
             raise ReplayError(f"fork {session_id} has no checkpoint yet; fork again")
-        config = {**mine[0].config, "recursion_limit": rt.policy.recursion_limit}
+        config = {**mine[0].config, "recursion_limit": rt.recursion_limit}
         await graph.ainvoke(None, config, durability="sync")
         return rt.store.get(session_id)
     finally:

@@ -17,6 +17,9 @@ from agent.graph import LoopState, Runtime, build_graph
 from agent.review import Reviewer, review_paused
 from agent.trajectory import SessionRecord
 from model.worker import BatchedWorker
+from policies.search import SearchPolicy
+from rewards.base import Reward
+from rewards.verifier import VerifierReward
 
 CHECKPOINTS = "checkpoints.sqlite"
 
@@ -52,7 +55,7 @@ async def run_sessions(rt: Runtime, specs: list[SessionSpec], concurrency: int =
                 id=spec.id, prompt=spec.prompt, family=spec.family, seed=spec.seed, started_at=time.time()))
             if record.status != "running":
                 return record
-            config = {"configurable": {"thread_id": spec.id}, "recursion_limit": rt.policy.recursion_limit}
+            config = {"configurable": {"thread_id": spec.id}, "recursion_limit": rt.recursion_limit}
             snapshot = await graph.aget_state(config)
             start = None if snapshot.values else LoopState(session_id=spec.id, prompt=spec.prompt, seed=spec.seed)
             try:
@@ -79,7 +82,8 @@ async def run_sessions(rt: Runtime, specs: list[SessionSpec], concurrency: int =
                 await worker.close()
 
 
-def make_runtime(store, generator, editor, critic, policy, judge=None, verifier=None, max_batch: int = 32) -> Runtime:
+def make_runtime(store, generator, editor, critic, policy, judge=None, verifier=None, max_batch: int = 32,
+                 search: SearchPolicy | None = None) -> Runtime:
     """Put each model role behind a batched worker shared by all sessions."""
     return Runtime(
         store=store,
@@ -92,4 +96,10 @@ def make_runtime(store, generator, editor, critic, policy, judge=None, verifier=
             "judge", lambda xs: judge.score([p for p, _ in xs], [i for _, i in xs]), max_batch),
         policy=policy,
         verifier=verifier,
+        search=search or SearchPolicy(),
     )
+
+
+def make_judge(search: SearchPolicy) -> Reward | None:
+    """The judge a search policy names (None: no judge)."""
+    return VerifierReward() if search.judge == "verifier" else None

@@ -29,14 +29,15 @@ def rounds_on_disk(run: Path) -> dict[str, int]:
     return out
 
 
-def start(model: Path, run: Path) -> subprocess.Popen:
+def start(model: Path, run: Path, width: int) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(CHILD.parent.parent))
-    return subprocess.Popen([sys.executable, str(CHILD), str(model), str(run), str(N)], env=env,
+    return subprocess.Popen([sys.executable, str(CHILD), str(model), str(run), str(N), str(width)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
 @pytest.mark.slow
-def test_sigkill_and_resume(tmp_path):
+@pytest.mark.parametrize("width", [1, 2])  # 2: every round fans out to two candidates
+def test_sigkill_and_resume(tmp_path, width):
     torch.manual_seed(0)
     model = tmp_path / "model"
     build_pipeline(GeneratorConfig.model_validate(TINY)).save_pretrained(model)
@@ -44,7 +45,7 @@ def test_sigkill_and_resume(tmp_path):
     seen: dict[str, int] = {}
     kills = 0
     for wait_rounds in (2, 6, 11):  # kill once this many rounds are on disk
-        proc = start(model, run)
+        proc = start(model, run, width)
         deadline = time.time() + 120
         while sum(rounds_on_disk(run).values()) < wait_rounds and proc.poll() is None and time.time() < deadline:
             time.sleep(0.02)
@@ -55,7 +56,7 @@ def test_sigkill_and_resume(tmp_path):
         for sid, n in rounds_on_disk(run).items():
             assert n >= seen.get(sid, 0), f"{sid} lost rounds across a kill"
             seen[sid] = n
-    proc = start(model, run)
+    proc = start(model, run, width)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out.decode()[-2000:]
     assert kills >= 2
@@ -70,6 +71,8 @@ def test_sigkill_and_resume(tmp_path):
         assert r.stop_reason in ("critic_satisfied", "max_rounds") and len(r.rounds) <= 4
         for x in r.rounds:
             assert store.load_image(x.image).shape == (64, 64, 3)
+            assert len(x.candidates) == (width if width > 1 else 0) and (width == 1 or x.image in x.candidates)
+            assert all(store.load_image(c).shape == (64, 64, 3) for c in x.candidates)
     lines = (run / "sessions.jsonl").read_text().splitlines()
     assert sorted(json.loads(line)["id"] for line in lines) == sorted(r.id for r in records)
     assert not list(run.rglob("*.tmp"))

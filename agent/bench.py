@@ -1,0 +1,272 @@
+"""Benchmarks of the loop: what reflection buys over one-shot and over best-of-N at equal budget,
+and what the orchestration costs.
+
+`run_bench` runs three arms on the same prompts and seeds, each a normal run directory:
+one-shot (no revision), best-of-N picked by the verifier judge with N the reflection arm's
+generator + editor call budget, and reflection. Candidate 0 of best-of-N is the one-shot image
+(policies/search.py), so the three arms start from the same first image.
+
+`run_perf` times sessions per second with cross-session batching against one session at a time,
+the share of wall time outside model calls, and the latency of one session.
+
+Both take a `RuntimeFactory`, so tests can run them on tiny models and scripted critics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from agent.config import RunConfig
+from agent.graph import Runtime
+from agent.metrics import Metrics, by_family
+from agent.plots import accuracy_by_round_png, save_png
+from agent.runner import SessionSpec, run_sessions
+from agent.store import RunStore, atomic_write
+from agent.trajectory import RunManifest, SessionRecord
+from model.worker import BusyClock
+from policies.search import SearchPolicy
+
+RuntimeFactory = Callable[[RunStore, RunConfig], Runtime]
+SPECS = "prompts.jsonl"  # as `refloop run` writes it, so `refloop run --resume ARM` works
+ARMS = ("one_shot", "best_of_n", "reflection")
+BUDGET_RULE = ("best-of-N gets N = the generator + editor calls the reflection arm may make "
+               "(best_of + max_rounds x revisions; 1 + max_rounds without search); "
+               "critic and judge calls are reported, not budgeted")
+
+
+class Arm(BaseModel):
+    name: str
+    run_dir: str
+    wall_seconds: float
+    stop: dict[str, Any]
+    search: dict[str, Any]
+    metrics: dict[str, Metrics]  # by family, then "overall"
+
+
+class Target(BaseModel):
+    name: str
+    value: float
+    goal: str
+    met: bool
+
+
+class BenchReport(BaseModel):
+    suite: str
+    sessions: int
+    max_rounds: int
+    budget: int  # N of best-of-N
+    budget_rule: str = BUDGET_RULE
+    arms: dict[str, Arm]
+    targets: list[Target]
+
+
+class PerfReport(BaseModel):
+    sessions: int
+    max_rounds: int
+    batched_wall_seconds: float  # concurrency = max_batch = sessions
+    serial_wall_seconds: float  # concurrency = max_batch = 1
+    batched_sessions_per_second: float
+    serial_sessions_per_second: float
+    speedup: float
+    model_busy_seconds: float  # batched run: wall time with at least one model call running
+    outside_model_share: float  # batched run: 1 - model_busy / wall
+    mean_batch: dict[str, float]  # batched run: rows per model call, by role
+    latency_seconds: float  # one session alone, up to max_rounds revisions
+    latency_rounds: int  # images that session made (the critic may stop it early)
+
+
+# -- arms ----------------------------------------------------------------------------------------
+
+def reflection_budget(cfg: RunConfig, max_rounds: int) -> int:
+    """Generator + editor calls a reflection session may make at most."""
+    return cfg.search.best_of + max_rounds * cfg.search.revisions
+
+
+def arm_configs(cfg: RunConfig, max_rounds: int) -> dict[str, RunConfig]:
+    """The three arms: the config's models and batching, each with its own stop and search policy."""
+    def arm(rounds: int, search: SearchPolicy) -> RunConfig:
+        return cfg.model_copy(update={"stop": cfg.stop.model_copy(update={"max_rounds": rounds}), "search": search})
+
+    return {"one_shot": arm(0, SearchPolicy()),
+            "best_of_n": arm(0, SearchPolicy(best_of=reflection_budget(cfg, max_rounds), judge="verifier")),
+            "reflection": arm(max_rounds, cfg.search)}
+
+
+def _refloop_version() -> str:
+    try:
+        return version("refloop")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def create_run(path: Path, cfg: RunConfig, specs: list[SessionSpec], models: dict[str, dict]) -> RunStore:
+    """A run directory as `refloop run` makes it (manifest, prompts), so inspect and resume work on it."""
+    manifest = RunManifest(run_id=path.name, created_at=time.time(), config=cfg.model_dump(mode="json"),
+                           seed=cfg.seed, models=models, refloop_version=_refloop_version())
+    store = RunStore.create(path, manifest)
+    atomic_write(store.root / SPECS, "".join(s.model_dump_json() + "\n" for s in specs).encode())
+    return store
+
+
+def run_timed(rt: Runtime, specs: list[SessionSpec], concurrency: int) -> tuple[list[SessionRecord], float]:
+    t0 = time.perf_counter()
+    records = asyncio.run(run_sessions(rt, specs, concurrency))
+    seconds = time.perf_counter() - t0
+    rt.store.write_jsonl()
+    return records, seconds
+
+
+def run_arm(name: str, cfg: RunConfig, specs: list[SessionSpec], out: Path, factory: RuntimeFactory,
+            models: dict[str, dict]) -> Arm:
+    store = create_run(out / name, cfg, specs, models)
+    records, seconds = run_timed(factory(store, cfg), specs, cfg.concurrency)
+    return Arm(name=name, run_dir=str(store.root), wall_seconds=seconds, stop=cfg.stop.model_dump(),
+               search=cfg.search.model_dump(), metrics=by_family(records))
+
+
+def targets(arms: dict[str, Arm]) -> list[Target]:
+    """The issue's targets for the embedded models on dev, checked on whatever was measured."""
+    refl, best = arms["reflection"].metrics["overall"], arms["best_of_n"].metrics["overall"]
+    margin = refl.acc_final - best.acc_final
+    return [Target(name="reflection Acc@final", value=refl.acc_final, goal=">= 0.90", met=refl.acc_final >= 0.90),
+            Target(name="reflection delta c->i", value=refl.c_to_i, goal="<= 0.01", met=refl.c_to_i <= 0.01),
+            Target(name="reflection - best-of-N Acc@final", value=margin, goal=">= 0.10", met=margin >= 0.10)]
+
+
+def run_bench(cfg: RunConfig, specs: list[SessionSpec], out: Path, factory: RuntimeFactory, suite: str,
+              max_rounds: int, models: dict[str, dict] | None = None,
+              on_arm: Callable[[Arm], None] | None = None) -> BenchReport:
+    """Run the three arms under `out` and write bench.json, bench.md and bench.png there."""
+    arms = {}
+    for name, arm_cfg in arm_configs(cfg, max_rounds).items():
+        arms[name] = run_arm(name, arm_cfg, specs, out, factory, models or {})
+        if on_arm:
+            on_arm(arms[name])
+    report = BenchReport(suite=suite, sessions=len(specs), max_rounds=max_rounds,
+                         budget=reflection_budget(cfg, max_rounds), arms=arms, targets=targets(arms))
+    write_report(report, out)
+    return report
+
+
+# -- report files --------------------------------------------------------------------------------
+
+def gen_calls(m: Metrics) -> float:
+    return m.calls_per_session.get("generator", 0.0) + m.calls_per_session.get("editor", 0.0)
+
+
+COLUMNS = ("family", "arm", "n", "Acc@0", "Acc@final", "delta", "i->c", "c->i", "mean rounds",
+           "gen+edit calls", "all calls", "model s/session", "wall s")
+
+
+def rows(report: BenchReport) -> list[list[str]]:
+    """One row per family and arm, 'overall' last; wall time is the arm's, on its overall row."""
+    families = list(report.arms["reflection"].metrics)
+    out = []
+    for family in families:
+        for arm in report.arms.values():
+            m = arm.metrics.get(family)
+            if m is None:
+                continue
+            out.append([family, arm.name, str(m.sessions), f"{m.acc0:.3f}", f"{m.acc_final:.3f}", f"{m.delta:+.3f}",
+                        f"{m.i_to_c:.3f}", f"{m.c_to_i:.3f}", f"{m.mean_rounds:.2f}", f"{gen_calls(m):.2f}",
+                        f"{sum(m.calls_per_session.values()):.2f}", f"{m.seconds_per_session:.2f}",
+                        f"{arm.wall_seconds:.1f}" if family == "overall" else ""])
+    return out
+
+
+def markdown(report: BenchReport) -> str:
+    lines = [f"# refloop bench: {report.suite}, {report.sessions} sessions, up to {report.max_rounds} revisions",
+             "", f"Budget: N = {report.budget} ({report.budget_rule}).", "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows(report)]
+    lines += ["", "model s/session: seconds inside model calls as the sessions saw them (batched calls overlap); "
+              "wall s: the whole arm.", "", "| target | value | goal | met |", "|---|---|---|---|"]
+    lines += [f"| {t.name} | {t.value:.3f} | {t.goal} | {'yes' if t.met else 'no'} |" for t in report.targets]
+    return "\n".join(lines) + "\n"
+
+
+def accuracy_plot(report: BenchReport) -> bytes:
+    """Reflection's accuracy by round per family, with one-shot and best-of-N as flat references."""
+    refl = report.arms["reflection"].metrics
+    series = {f: m.acc_by_round for f, m in refl.items() if f != "overall"}
+    series["overall"] = refl["overall"].acc_by_round
+    depth = max(len(refl["overall"].acc_by_round), 1)
+    for name, label in (("one_shot", "one-shot (overall)"), ("best_of_n", f"best-of-{report.budget} (overall)")):
+        series[label] = [report.arms[name].metrics["overall"].acc_final] * depth
+    return accuracy_by_round_png(series, title=f"reflection on {report.suite}: accuracy by round")
+
+
+def write_report(report: BenchReport, out: Path) -> None:
+    atomic_write(out / "bench.json", report.model_dump_json(indent=2).encode())
+    atomic_write(out / "bench.md", markdown(report).encode())
+    save_png(accuracy_plot(report), out / "bench.png")
+
+
+# -- performance ---------------------------------------------------------------------------------
+
+def perf_configs(cfg: RunConfig, sessions: int, max_rounds: int) -> dict[str, RunConfig]:
+    stop = cfg.stop.model_copy(update={"max_rounds": max_rounds})
+    return {"batched": cfg.model_copy(update={"stop": stop, "concurrency": sessions, "max_batch": sessions}),
+            "serial": cfg.model_copy(update={"stop": stop, "concurrency": 1, "max_batch": 1})}
+
+
+def timed_runtime(factory: RuntimeFactory, store: RunStore, cfg: RunConfig) -> tuple[Runtime, BusyClock]:
+    """A runtime whose workers share one clock of model-call time."""
+    rt, clock = factory(store, cfg), BusyClock()
+    for worker in (rt.generator, rt.editor, rt.critic, rt.judge):
+        if worker is not None:
+            worker.clock = clock
+    return rt, clock
+
+
+def warm_up(cfg: RunConfig, spec: SessionSpec, factory: RuntimeFactory) -> None:
+    """One throwaway session, so that first-call costs (allocations, lazy init) land in no figure."""
+    with tempfile.TemporaryDirectory() as tmp:
+        one = cfg.model_copy(update={"stop": cfg.stop.model_copy(update={"max_rounds": 1})})
+        run_timed(factory(create_run(Path(tmp) / "warm-up", one, [spec], {}), one), [spec], 1)
+
+
+def run_perf(cfg: RunConfig, specs: list[SessionSpec], out: Path, factory: RuntimeFactory, max_rounds: int,
+             models: dict[str, dict] | None = None) -> PerfReport:
+    """Time `specs` batched and one at a time (each a run directory under `out`), and one session
+    alone; write perf.json."""
+    warm_up(cfg, specs[0], factory)
+    walls, clocks, mean_batch = {}, {}, {}
+    for name, run_cfg in perf_configs(cfg, len(specs), max_rounds).items():
+        rt, clocks[name] = timed_runtime(factory, create_run(out / f"perf_{name}", run_cfg, specs, models or {}),
+                                         run_cfg)
+        _, walls[name] = run_timed(rt, specs, run_cfg.concurrency)
+        if name == "batched":
+            mean_batch = {w.name: w.stats.mean_batch for w in (rt.generator, rt.editor, rt.critic, rt.judge)
+                          if w is not None and w.stats.batches}
+    serial = perf_configs(cfg, 1, max_rounds)["serial"]
+    alone = create_run(out / "perf_latency", serial, specs[:1], models or {})
+    records, latency = run_timed(factory(alone, serial), specs[:1], 1)
+    n = len(specs)
+    report = PerfReport(
+        sessions=n, max_rounds=max_rounds, batched_wall_seconds=walls["batched"], serial_wall_seconds=walls["serial"],
+        batched_sessions_per_second=n / walls["batched"], serial_sessions_per_second=n / walls["serial"],
+        speedup=walls["serial"] / walls["batched"], model_busy_seconds=clocks["batched"].seconds,
+        outside_model_share=max(0.0, 1 - clocks["batched"].seconds / walls["batched"]), mean_batch=mean_batch,
+        latency_seconds=latency, latency_rounds=len(records[0].rounds))
+    atomic_write(out / "perf.json", report.model_dump_json(indent=2).encode())
+    return report
+
+
+def perf_specs(specs: list[SessionSpec], n: int) -> list[SessionSpec]:
+    """n sessions taken round-robin across families, so that every family is in the mix."""
+    groups: dict[str, list[SessionSpec]] = {}
+    for s in specs:
+        groups.setdefault(s.family or "", []).append(s)
+    mixed: list[SessionSpec] = []
+    for k in range(max(map(len, groups.values()), default=0)):
+        mixed += [group[k] for group in groups.values() if k < len(group)]
+    return mixed[:n]

@@ -1,0 +1,131 @@
+"""`refloop bench`: one-shot vs best-of-N vs reflection on a fixed suite, or `--perf`: what the
+orchestration costs. Input is checked before anything is written (exit 2 with the reason)."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Column, Table
+
+from agent.bench import Arm, BenchReport, PerfReport, gen_calls, perf_specs, run_bench, run_perf
+from agent.cli_run import bad_input, folder_hash, read_specs
+from agent.config import RunConfig
+from agent.runner import make_judge, make_runtime
+from world import check_image
+from world.spec import FAMILIES
+
+console = Console()
+PERF_SESSIONS = 32
+
+
+def check_out(out: Path) -> None:
+    """--out must be new or an empty directory, under a directory we can write to."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} exists and is not empty; choose a new or empty directory")
+    parent = next(p for p in [out.absolute(), *out.absolute().parents] if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot create {out}: {parent} is not a writable directory")
+
+
+def load_models(cfg: RunConfig):
+    """The image model and the critic of the config; the embedded critic may not exist yet."""
+    from model.critic.backend import ShapeWorldCritic
+    from model.shapeworld.backend import ShapeWorldImageModel
+
+    return ShapeWorldImageModel(cfg.models.image), ShapeWorldCritic(cfg.models.critic)
+
+
+def bench_cmd(
+    suite_name: str = typer.Option("dev", "--suite", help="The ShapeWorld suite: train, dev or test."),
+    per_family: int = typer.Option(None, min=1, help="Prompts per family (default: the whole suite; not with --perf)."),
+    max_rounds: int = typer.Option(None, help="Revisions allowed to the reflection arm (default: the config's)."),
+    config: Path = typer.Option(None, "--config", "-c", help="Run config YAML (models, stop policy, batching)."),
+    out: Path = typer.Option(None, "--out", "-o", help="New or empty folder for the arms' runs and the report."),
+    perf: bool = typer.Option(False, "--perf", help=f"Time {PERF_SESSIONS} sessions batched vs one at a time, "
+                                                    "the share of time outside model calls, one session's latency."),
+) -> None:
+    """Compare one-shot, best-of-N (same generator-call budget) and reflection on the same prompts and seeds."""
+    try:
+        cfg = RunConfig.load(config, max_rounds=max_rounds)
+        if perf:  # PERF_SESSIONS sessions, round-robin over the families
+            per_family = math.ceil(PERF_SESSIONS / len(FAMILIES))
+        specs = read_specs(None, None, suite_name, per_family, cfg.seed)
+        specs = perf_specs(specs, PERF_SESSIONS) if perf else specs
+        out = out or Path("runs") / time.strftime("bench-%Y%m%d-%H%M%S")
+        check_out(out)
+        image_model, critic = load_models(cfg)
+        out.mkdir(parents=True, exist_ok=True)
+    except (ValueError, OSError) as e:  # FileNotFoundError (no critic) is an OSError
+        raise bad_input(str(e)) from None
+    models = {role: {"path": str(m.path), "hash": folder_hash(m.path)}
+              for role, m in (("image", image_model), ("critic", critic))}
+
+    def factory(store, arm_cfg: RunConfig):
+        return make_runtime(store, image_model, image_model, critic, arm_cfg.stop, judge=make_judge(arm_cfg.search),
+                            verifier=lambda p, img: check_image(p, img).ok, max_batch=arm_cfg.max_batch,
+                            search=arm_cfg.search)
+
+    rounds = cfg.stop.max_rounds
+    if perf:
+        console.print(f"timing {len(specs)} sessions of up to {rounds} revisions under {out}", highlight=False)
+        print_perf(run_perf(cfg, specs, out, factory, rounds, models))
+    else:
+        console.print(f"3 arms x {len(specs)} sessions of {suite_name} under {out}", highlight=False)
+        report = run_bench(cfg, specs, out, factory, suite_name, rounds, models, on_arm=print_arm)
+        print_bench(report)
+    console.print(f"report: {out}")
+
+
+def print_arm(arm: Arm) -> None:
+    m = arm.metrics["overall"]
+    console.print(f"{arm.name}: Acc@final {m.acc_final:.3f} in {arm.wall_seconds:.1f} s ({arm.run_dir})",
+                  highlight=False)
+
+
+def narrow_table(*headers: str, title: str) -> Table:
+    """A light table whose headers are never cut, so that it reads in an 80-column terminal."""
+    return Table(*(Column(h, min_width=len(h)) for h in headers), title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+
+
+def print_bench(report: BenchReport) -> None:
+    """Tables narrow enough for a terminal: accuracy by family, then cost by arm; bench.md has every
+    figure by family and arm. Reflection's Acc@0 is the one-shot column: round 0 is the one-shot image."""
+    arms, best = report.arms, f"best-of-{report.budget}"
+    table = narrow_table("family", "n", "1-shot", best, "reflection", "delta", "i->c", "c->i",
+                         title=f"Acc@final on {report.suite}; delta, i->c, c->i of reflection")
+    for family, m in arms["reflection"].metrics.items():
+        table.add_row(family, str(m.sessions), f"{arms['one_shot'].metrics[family].acc_final:.3f}",
+                      f"{arms['best_of_n'].metrics[family].acc_final:.3f}", f"{m.acc_final:.3f}",
+                      f"{m.delta:+.3f}", f"{m.i_to_c:.3f}", f"{m.c_to_i:.3f}",
+                      style="bold" if family == "overall" else None)
+    console.print(table)
+    cost = narrow_table("arm", "Acc@final", "rounds", "gen+edit", "calls", "model s", "wall s",
+                        title="per session (model s: inside model calls); wall s: the arm")
+    for arm in arms.values():
+        m = arm.metrics["overall"]
+        cost.add_row(best if arm.name == "best_of_n" else arm.name, f"{m.acc_final:.3f}", f"{m.mean_rounds:.2f}",
+                     f"{gen_calls(m):.2f}", f"{sum(m.calls_per_session.values()):.2f}", f"{m.seconds_per_session:.2f}",
+                     f"{arm.wall_seconds:.1f}")
+    console.print(cost)
+    targets = narrow_table("target", "value", "goal", "met", title="targets")
+    for t in report.targets:
+        targets.add_row(t.name, f"{t.value:.3f}", t.goal, "yes" if t.met else "[red]no")
+    console.print(targets)
+    console.print(f"budget rule: {report.budget_rule}", highlight=False)
+
+
+def print_perf(report: PerfReport) -> None:
+    table = narrow_table("figure", "value", title=f"perf: {report.sessions} sessions, <= {report.max_rounds} revisions")
+    table.add_row("sessions/s, batched across sessions", f"{report.batched_sessions_per_second:.3f}")
+    table.add_row("sessions/s, one session at a time", f"{report.serial_sessions_per_second:.3f}")
+    table.add_row("speed-up", f"{report.speedup:.2f}x")
+    table.add_row("share of wall time outside model calls (batched)", f"{report.outside_model_share:.1%}")
+    table.add_row("mean batch (batched)", ", ".join(f"{k} {v:.1f}" for k, v in report.mean_batch.items()))
+    table.add_row("latency of one session", f"{report.latency_seconds:.2f} s ({report.latency_rounds} images)")
+    console.print(table)

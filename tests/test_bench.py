@@ -1,0 +1,222 @@
+"""`refloop bench` on a tiny random generator/editor: the three arms on the same prompts and seeds,
+the report files, `--perf` at small scale, and refusals of bad input.
+
+The critic is a test double whose reflection is a function of the image (so every arm hears the
+same thing about the same image); the embedded critic is not trained yet."""
+
+import asyncio
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from agent.bench import ARMS, arm_configs, perf_specs, run_bench, run_perf
+from agent.cli import app
+from agent.config import RunConfig
+from agent.metrics import by_family
+from agent.runner import SessionSpec, make_judge, make_runtime
+from agent.store import RunStore
+from model.shapeworld.backend import ShapeWorldImageConfig, ShapeWorldImageModel
+from model.shapeworld.build import build_pipeline
+from model.shapeworld.config import GeneratorConfig
+from model.worker import BusyClock
+from world import check_image, suite
+
+TINY = {"vae": {"block_out_channels": [8, 8, 8]},
+        "denoiser": {"num_layers": 2, "heads": 2, "head_dim": 8, "text_hidden": 16, "text_layers": 1}}
+runner = CliRunner()
+
+
+class HashCritic:
+    def critique(self, prompts, images):
+        return ["verdict: right" if int(np.asarray(img, np.int64).sum()) % 3 == 0
+                else "verdict: wrong\nedit: add a red circle" for img in images]
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("gen") / "pipe"
+    build_pipeline(GeneratorConfig.model_validate(TINY)).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def factory(image_folder):
+    model = ShapeWorldImageModel(ShapeWorldImageConfig(path=str(image_folder), steps=2))
+
+    def make(store, cfg):
+        return make_runtime(store, model, model, HashCritic(), cfg.stop, judge=make_judge(cfg.search),
+                            verifier=lambda p, img: check_image(p, img).ok, max_batch=cfg.max_batch,
+                            search=cfg.search)
+    return make
+
+
+def dev_specs(per_family):
+    return [SessionSpec(id=i.id, prompt=i.prompt, family=i.family, seed=i.seed) for i in suite("dev", per_family)]
+
+
+def test_three_arms_on_the_same_prompts_and_the_report_files(tmp_path, factory):
+    cfg, specs, out = RunConfig(concurrency=8, max_batch=8), dev_specs(2), tmp_path / "bench"
+    report = run_bench(cfg, specs, out, factory, "dev", max_rounds=2)
+
+    data = json.loads((out / "bench.json").read_text())
+    assert set(data) >= {"suite", "sessions", "max_rounds", "budget", "budget_rule", "arms", "targets"}
+    assert data["budget"] == 3 and set(data["arms"]) == set(ARMS) and data["sessions"] == len(specs)
+    families = {s.family for s in specs} | {"overall"}
+    stores = {name: RunStore.open(out / name) for name in ARMS}
+    records = {name: list(store.sessions()) for name, store in stores.items()}
+    for name, arm in data["arms"].items():
+        assert set(arm["metrics"]) == families and arm["wall_seconds"] > 0
+        assert arm["metrics"] == {k: m.model_dump(mode="json") for k, m in by_family(records[name]).items()}
+        assert [(r.id, r.prompt, r.seed) for r in records[name]] == sorted((s.id, s.prompt, s.seed) for s in specs)
+        assert all(r.status == "done" for r in records[name])
+    assert [stores[n].manifest.config["stop"]["max_rounds"] for n in ARMS] == [0, 0, 2]
+
+    one_shot, best_of, reflection = (report.arms[n].metrics["overall"] for n in ARMS)
+    assert one_shot.calls_per_session["generator"] == 1 and one_shot.mean_rounds == 1
+    assert best_of.calls_per_session["generator"] == 3 and best_of.calls_per_session["judge"] == 3
+    assert reflection.calls_per_session.get("editor", 0) + reflection.calls_per_session["generator"] <= 3
+    assert reflection.mean_rounds > 1  # the hash critic asked for edits
+    for a, b, c in zip(*records.values()):  # candidate 0 of best-of-N is the one-shot image, as is round 0
+        first = stores["one_shot"].load_image(a.rounds[0].image)
+        for arm, path in (("best_of_n", b.rounds[0].candidates[0]), ("reflection", c.rounds[0].image)):
+            # the same seed, up to a pixel here and there: a batched row is not bit-exact across batch mates
+            assert np.mean(stores[arm].load_image(path) != first) < 0.01
+    assert best_of.acc_final >= one_shot.acc_final  # the verifier judge keeps a right candidate when there is one
+
+    targets = {t["name"]: t for t in data["targets"]}
+    margin = targets["reflection - best-of-N Acc@final"]
+    assert margin["value"] == pytest.approx(reflection.acc_final - best_of.acc_final)
+    assert margin["met"] == (margin["value"] >= 0.10)
+    md = (out / "bench.md").read_text()
+    assert "| family | arm | n | Acc@0 | Acc@final |" in md and "N = 3" in md
+    assert sum(line.startswith("| overall |") for line in md.splitlines()) == 3
+    assert sum(line.startswith("| colors |") for line in md.splitlines()) == 3
+    assert (out / "bench.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    result = runner.invoke(app, ["inspect", str(out / "reflection")])
+    assert result.exit_code == 0 and "self-correction by family" in result.output
+
+
+def test_budget_follows_the_reflection_arm_search():
+    cfg = RunConfig.model_validate({"search": {"best_of": 2, "revisions": 3, "judge": "verifier"}})
+    arms = arm_configs(cfg, 4)
+    assert arms["best_of_n"].search.best_of == 2 + 4 * 3 and arms["best_of_n"].stop.max_rounds == 0
+    assert arms["reflection"].search == cfg.search and arms["one_shot"].search.best_of == 1
+
+
+def test_perf_at_tiny_scale(tmp_path, factory):
+    cfg, specs = RunConfig(), perf_specs(dev_specs(2), 8)
+    assert len({s.family for s in specs}) == 7
+    report = run_perf(cfg, specs, tmp_path / "perf", factory, max_rounds=2)
+    assert report.sessions == 8 and report.speedup == pytest.approx(report.serial_wall_seconds /
+                                                                     report.batched_wall_seconds)
+    assert report.batched_sessions_per_second == pytest.approx(8 / report.batched_wall_seconds)
+    assert 0 < report.model_busy_seconds <= report.batched_wall_seconds
+    assert 0 <= report.outside_model_share < 1 and report.mean_batch["generator"] > 1
+    assert 1 <= report.latency_rounds <= 3 and report.latency_seconds > 0
+    assert json.loads((tmp_path / "perf" / "perf.json").read_text())["sessions"] == 8
+    counts = {name: len(RunStore.open(tmp_path / "perf" / name).session_ids())
+              for name in ("perf_batched", "perf_serial", "perf_latency")}
+    assert counts == {"perf_batched": 8, "perf_serial": 8, "perf_latency": 1}
+    serial = RunStore.open(tmp_path / "perf" / "perf_serial").manifest.config
+    assert (serial["concurrency"], serial["max_batch"]) == (1, 1)
+
+
+def test_busy_clock_counts_overlapping_calls_once():
+    clock = BusyClock()
+
+    def busy():
+        with clock:
+            time.sleep(0.2)
+
+    threads = [threading.Thread(target=busy) for _ in range(3)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert 0.2 <= clock.seconds <= time.perf_counter() - t0 < 0.5
+
+
+def test_worker_reports_model_time_to_its_clock():
+    from model.worker import BatchedWorker
+
+    async def go():
+        clock = BusyClock()
+        worker = BatchedWorker("w", lambda xs: [time.sleep(0.05) or x for x in xs], max_batch=4, clock=clock)
+        out = await asyncio.gather(*(worker(i) for i in range(4)))
+        await worker.close()
+        return out, clock.seconds
+
+    out, seconds = asyncio.run(go())
+    assert out == [0, 1, 2, 3] and 0.2 <= seconds < 0.4
+
+
+def test_bench_command_end_to_end(tmp_path, tiny_run_config):
+    out = tmp_path / "bench"
+    result = runner.invoke(app, ["bench", "--suite", "dev", "--per-family", "1", "--max-rounds", "1",
+                                 "--config", str(tiny_run_config), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "targets" in result.output and "best-of-2" in result.output
+    assert {p.name for p in out.iterdir()} == {*ARMS, "bench.json", "bench.md", "bench.png"}
+    assert json.loads((out / "bench.json").read_text())["arms"]["reflection"]["metrics"]["overall"]["sessions"] == 7
+
+
+@pytest.mark.slow
+def test_perf_command_prints_its_figures(tmp_path, tiny_run_config):
+    out = tmp_path / "perf"
+    result = runner.invoke(app, ["bench", "--perf", "--max-rounds", "1", "--config", str(tiny_run_config),
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for figure in ("sessions/s, batched", "one session at a time", "speed-up", "outside model calls", "latency"):
+        assert figure in result.output
+    perf = json.loads((out / "perf.json").read_text())
+    assert perf["sessions"] == 32 and perf["max_rounds"] == 1
+    assert len(RunStore.open(out / "perf_serial").session_ids()) == 32
+
+
+@pytest.fixture
+def bad_config(tmp_path, tiny_run_config):
+    def write(change):
+        cfg = yaml.safe_load(tiny_run_config.read_text())
+        change(cfg)
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+    return write
+
+
+@pytest.mark.parametrize("extra,change,message", [
+    (["--max-rounds", "-1"], None, "max_rounds"),
+    ([], lambda c: c["stop"].update(max_round=2), "max_round"),
+    ([], lambda c: c.update(search={"best_of": 2}), "needs a judge"),
+    ([], lambda c: c["models"]["critic"].update(path="/nonexistent/critic"), "no critic at"),
+    ([], lambda c: c["models"]["critic"].pop("path"), "no embedded critic"),
+    ([], lambda c: c["models"]["image"].update(path="/nonexistent/image"), "/nonexistent/image"),
+    (["--suite", "validation"], None, "unknown split"),
+])
+def test_bad_input_exits_2_and_writes_nothing(tmp_path, tiny_run_config, bad_config, monkeypatch, extra, change,
+                                              message):
+    monkeypatch.setattr("model.critic.backend.DEFAULT_CRITIC", tmp_path / "no-critic-here")
+    config = bad_config(change) if change else tiny_run_config
+    out = tmp_path / "bench"
+    result = runner.invoke(app, ["bench", "--per-family", "1", "--config", str(config), "--out", str(out)] + extra)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not out.exists()
+
+
+def test_an_unusable_out_folder_exits_2(tmp_path, tiny_run_config):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    (tmp_path / "a-file").write_text("x")
+    for out, message in ((tmp_path / "taken", "not empty"), (tmp_path / "a-file" / "bench", "not a writable")):
+        result = runner.invoke(app, ["bench", "--per-family", "1", "--config", str(tiny_run_config), "--out", str(out)])
+        assert result.exit_code == 2 and message in result.output, result.output
+    assert [p.name for p in (tmp_path / "taken").iterdir()] == ["notes.txt"]
