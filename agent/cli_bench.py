@@ -16,7 +16,7 @@ from rich.table import Column, Table
 from agent.bench import Arm, BenchReport, PerfReport, gen_calls, perf_specs, run_bench, run_perf
 from agent.cli_run import bad_input, folder_hash, read_specs
 from agent.config import RunConfig
-from agent.runner import make_judge, make_runtime
+from agent.runner import load_models, make_judge, make_runtime, model_folders
 from world import check_image
 from world.spec import FAMILIES
 
@@ -31,14 +31,6 @@ def check_out(out: Path) -> None:
     parent = next(p for p in [out.absolute(), *out.absolute().parents] if p.exists())
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"cannot create {out}: {parent} is not a writable directory")
-
-
-def load_models(cfg: RunConfig):
-    """The image model and the critic of the config; the embedded critic may not exist yet."""
-    from model.critic.backend import ShapeWorldCritic
-    from model.shapeworld.backend import ShapeWorldImageModel
-
-    return ShapeWorldImageModel(cfg.models.image), ShapeWorldCritic(cfg.models.critic)
 
 
 def bench_cmd(
@@ -59,15 +51,15 @@ def bench_cmd(
         specs = perf_specs(specs, PERF_SESSIONS) if perf else specs
         out = out or Path("runs") / time.strftime("bench-%Y%m%d-%H%M%S")
         check_out(out)
-        image_model, critic = load_models(cfg)
+        image_model, critic, judge = load_models(cfg)
         out.mkdir(parents=True, exist_ok=True)
     except (ValueError, OSError) as e:  # FileNotFoundError (no critic) is an OSError
         raise bad_input(str(e)) from None
-    models = {role: {"path": str(m.path), "hash": folder_hash(m.path)}
-              for role, m in (("image", image_model), ("critic", critic))}
+    models = {role: {"path": path, "hash": folder_hash(Path(path))}
+              for role, path in model_folders(image_model, critic, judge).items()}
 
     def factory(store, arm_cfg: RunConfig):
-        return make_runtime(store, image_model, image_model, critic, arm_cfg.stop, judge=make_judge(arm_cfg.search),
+        return make_runtime(store, image_model, image_model, critic, arm_cfg.stop, judge=make_judge(arm_cfg),
                             verifier=lambda p, img: check_image(p, img).ok, max_batch=arm_cfg.max_batch,
                             search=arm_cfg.search)
 

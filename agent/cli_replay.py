@@ -11,7 +11,7 @@ from rich.table import Table
 
 from agent.config import RunConfig
 from agent.replay import ReplayError, fork_session, resume_fork
-from agent.runner import make_runtime
+from agent.runner import load_models, make_runtime
 from agent.store import RunStore, StoreError
 from agent.trajectory import SessionRecord
 from world import check_image
@@ -47,15 +47,11 @@ def replay_cmd(
     except (ValueError, StoreError, OSError) as e:
         raise bad_input(str(e)) from None
     try:
-        from model.critic.backend import ShapeWorldCritic
-        from model.shapeworld.backend import ShapeWorldImageModel
-
-        image_model = ShapeWorldImageModel(cfg.models.image)
-        critic = ShapeWorldCritic(cfg.models.critic)
+        image_model, critic, judge = load_models(cfg)
     except (FileNotFoundError, ValueError, OSError) as e:
         raise bad_input(str(e)) from None
-    rt = make_runtime(store, image_model, image_model, critic, cfg.stop,
-                      verifier=lambda p, img: check_image(p, img).ok, max_batch=cfg.max_batch)
+    rt = make_runtime(store, image_model, image_model, critic, cfg.stop, judge=judge,
+                      verifier=lambda p, img: check_image(p, img).ok, max_batch=cfg.max_batch, search=cfg.search)
 
     async def go() -> SessionRecord:
         try:

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from agent.config import RunConfig
 from agent.review import terminal_reviewer
-from agent.runner import SessionSpec, make_judge, make_runtime, run_sessions
+from agent.runner import SessionSpec, load_models, make_runtime, model_folders, run_sessions
 from agent.store import RunStore, StoreError, atomic_write
 from agent.trajectory import RunManifest, SessionRecord
 from world import PromptError, check_image, parse_prompt, suite
@@ -102,11 +102,7 @@ def run_cmd(
     except (ValueError, StoreError, OSError) as e:
         raise bad_input(str(e)) from None
     try:  # load models before creating anything on disk
-        from model.critic.backend import ShapeWorldCritic
-        from model.shapeworld.backend import ShapeWorldImageModel
-
-        image_model = ShapeWorldImageModel(cfg.models.image)
-        critic = ShapeWorldCritic(cfg.models.critic)
+        image_model, critic, judge = load_models(cfg)
     except (FileNotFoundError, ValueError, OSError) as e:
         raise bad_input(str(e)) from None
     if not resume:
@@ -114,14 +110,14 @@ def run_cmd(
         manifest = RunManifest(
             run_id=out.name, created_at=time.time(), config=cfg.model_dump(mode="json"), seed=cfg.seed,
             refloop_version=_version(),
-            models={role: {"path": str(m.path), "hash": folder_hash(m.path)}
-                    for role, m in (("image", image_model), ("critic", critic))})
+            models={role: {"path": str(path), "hash": folder_hash(Path(path))}
+                    for role, path in model_folders(image_model, critic, judge).items()})
         try:
             store = RunStore.create(out, manifest)
             atomic_write(store.root / SPECS, "".join(s.model_dump_json() + "\n" for s in specs).encode())
         except (StoreError, OSError) as e:
             raise bad_input(str(e)) from None
-    rt = make_runtime(store, image_model, image_model, critic, cfg.stop, judge=make_judge(cfg.search),
+    rt = make_runtime(store, image_model, image_model, critic, cfg.stop, judge=judge,
                       verifier=lambda p, img: check_image(p, img).ok, max_batch=cfg.max_batch, search=cfg.search)
     reviewer = terminal_reviewer(console) if review else None
     records = _run_with_progress(rt, specs, cfg.concurrency, reviewer)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from model.critic.backend import CriticBackendConfig
-from model.shapeworld.backend import ShapeWorldImageConfig
+from model.backends import CriticConfig, HFVLMJudgeConfig, ImageConfig, ShapeWorldCriticConfig, ShapeWorldImage
 from policies.search import SearchPolicy
 from policies.stop import StopPolicy
+from rewards.learned import LearnedRewardConfig
+
+JudgeConfig = Annotated[HFVLMJudgeConfig | LearnedRewardConfig, Field(discriminator="kind")]
 
 
 class Strict(BaseModel):
@@ -18,8 +21,9 @@ class Strict(BaseModel):
 
 
 class Models(Strict):
-    image: ShapeWorldImageConfig = ShapeWorldImageConfig()  # generator and editor
-    critic: CriticBackendConfig = CriticBackendConfig()
+    image: ImageConfig = ShapeWorldImage()  # generator and editor; kind: shapeworld (default) | diffusers
+    critic: CriticConfig = ShapeWorldCriticConfig()  # kind: shapeworld (default) | hf_vlm
+    judge: JudgeConfig | None = None  # kind: hf_vlm | learned; used when search.judge is "model"
 
 
 class RunConfig(Strict):
@@ -29,6 +33,12 @@ class RunConfig(Strict):
     models: Models = Models()
     stop: StopPolicy = StopPolicy()
     search: SearchPolicy = SearchPolicy()
+
+    @model_validator(mode="after")
+    def _model_judge(self) -> RunConfig:
+        if self.search.judge == "model" and self.models.judge is None:
+            raise ValueError("search.judge 'model' needs a judge in models.judge (kind: learned or hf_vlm)")
+        return self
 
     @classmethod
     def load(cls, path: str | Path | None, **overrides) -> RunConfig:

@@ -13,12 +13,16 @@ import aiosqlite
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from pydantic import BaseModel
 
+from agent.config import RunConfig
 from agent.graph import LoopState, Runtime, build_graph
 from agent.review import Reviewer, review_paused
 from agent.trajectory import SessionRecord
+from model.backends import load_critic, load_image_model, load_judge
+from model.roles import Critic, Editor, Generator, Judge
 from model.worker import BatchedWorker
 from policies.search import SearchPolicy
 from rewards.base import Reward
+from rewards.learned import LearnedReward, LearnedRewardConfig
 from rewards.verifier import VerifierReward
 
 CHECKPOINTS = "checkpoints.sqlite"
@@ -100,6 +104,27 @@ def make_runtime(store, generator, editor, critic, policy, judge=None, verifier=
     )
 
 
-def make_judge(search: SearchPolicy) -> Reward | None:
-    """The judge a search policy names (None: no judge)."""
-    return VerifierReward() if search.judge == "verifier" else None
+def make_judge(cfg: RunConfig) -> Reward | Judge | None:
+    """The judge the run's search policy names (None: no judge)."""
+    if cfg.search.judge == "verifier":
+        return VerifierReward()
+    if cfg.search.judge == "model":
+        judge = cfg.models.judge
+        return LearnedReward(judge.path, judge.device) if isinstance(judge, LearnedRewardConfig) else load_judge(judge)
+    return None
+
+
+def load_models(cfg: RunConfig) -> tuple[Generator | Editor, Critic, Reward | Judge | None]:
+    """The image model (generator and editor), the critic and the judge a run config names.
+    FileNotFoundError or ValueError says which folder or setting is wrong."""
+    return load_image_model(cfg.models.image), load_critic(cfg.models.critic), make_judge(cfg)
+
+
+def model_folders(image_model, critic, judge=None) -> dict[str, str]:
+    """Role -> model folder, for the run manifest (an editor or judge with a folder of its own too)."""
+    folders = {"image": str(image_model.path), "critic": str(critic.path)}
+    if getattr(image_model, "edit_path", None) not in (None, image_model.path):
+        folders["editor"] = str(image_model.edit_path)
+    if getattr(judge, "path", None) is not None:
+        folders["judge"] = str(judge.path)
+    return folders

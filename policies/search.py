@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SEED_STRIDE = 1_000_003  # a prime far above any round offset: candidates never share a seed with a round
 
-Judge = Literal["verifier"]  # the exact ShapeWorld verifier; learned reward models and VLM judges come later
+# "verifier": the exact ShapeWorld verifier; "model": the judge in models.judge (a learned reward model or a VLM)
+Judge = Literal["verifier", "model"]
 
 
 class SearchPolicy(BaseModel):

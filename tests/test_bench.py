@@ -51,7 +51,7 @@ def factory(image_folder):
     model = ShapeWorldImageModel(ShapeWorldImageConfig(path=str(image_folder), steps=2))
 
     def make(store, cfg):
-        return make_runtime(store, model, model, HashCritic(), cfg.stop, judge=make_judge(cfg.search),
+        return make_runtime(store, model, model, HashCritic(), cfg.stop, judge=make_judge(cfg),
                             verifier=lambda p, img: check_image(p, img).ok, max_batch=cfg.max_batch,
                             search=cfg.search)
     return make

@@ -253,8 +253,11 @@ def test_run_config_takes_a_search_and_builds_its_judge(tmp_path):
     path.write_text(yaml.safe_dump({"search": {"best_of": 3, "judge": "verifier"}}))
     cfg = RunConfig.load(path)
     assert cfg.search == SearchPolicy(best_of=3, judge="verifier")
-    assert isinstance(make_judge(cfg.search), VerifierReward)
-    assert make_judge(RunConfig().search) is None
+    assert isinstance(make_judge(cfg), VerifierReward)
+    assert make_judge(RunConfig()) is None
+    path.write_text(yaml.safe_dump({"search": {"best_of": 3, "judge": "model"}}))
+    with pytest.raises(ValueError, match="models.judge"):
+        RunConfig.load(path)
     path.write_text(yaml.safe_dump({"search": {"best_of": 3, "judge": "verifier", "width": 2}}))
     with pytest.raises(ValueError, match="search.width"):
         RunConfig.load(path)

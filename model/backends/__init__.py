@@ -1,0 +1,79 @@
+"""Model backends chosen by YAML: `kind` picks the backend of each role, the rest configures it.
+
+    models:
+      image:  {kind: diffusers, path: /models/sd, edit_path: /models/ip2p}   # or kind: shapeworld (the default)
+      critic: {kind: hf_vlm, path: /models/llava}                          # or kind: shapeworld (the default)
+      judge:  {kind: hf_vlm, path: /models/llava}
+
+A role without `kind` is the embedded ShapeWorld model, so configs written before backends existed
+still load. Each `load_*` builds the backend its config names; a missing folder raises
+FileNotFoundError naming it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Discriminator, Tag
+
+from model.backends.diffusers_image import DiffusersImageConfig, DiffusersImageModel
+from model.backends.hf_vlm import HFVLMCritic, HFVLMCriticConfig, HFVLMJudge, HFVLMJudgeConfig
+from model.critic.backend import CriticBackendConfig, ShapeWorldCritic
+from model.roles import Critic, Editor, Generator, Judge
+from model.shapeworld.backend import ShapeWorldImageConfig, ShapeWorldImageModel
+
+
+class ShapeWorldImage(ShapeWorldImageConfig):
+    """The embedded generator/editor, with the `kind` that names it among the image backends."""
+
+    kind: Literal["shapeworld"] = "shapeworld"
+
+
+class ShapeWorldCriticConfig(CriticBackendConfig):
+    """The embedded critic, with the `kind` that names it among the critic backends."""
+
+    kind: Literal["shapeworld"] = "shapeworld"
+
+
+def kind_or(default: str):
+    """A discriminator that reads `kind` and falls back to the embedded backend when it is absent."""
+
+    def kind(value: Any) -> str:
+        return value.get("kind", default) if isinstance(value, dict) else getattr(value, "kind", default)
+
+    return Discriminator(kind)
+
+
+ImageConfig = Annotated[
+    Annotated[ShapeWorldImage, Tag("shapeworld")] | Annotated[DiffusersImageConfig, Tag("diffusers")],
+    kind_or("shapeworld"),
+]
+CriticConfig = Annotated[
+    Annotated[ShapeWorldCriticConfig, Tag("shapeworld")] | Annotated[HFVLMCriticConfig, Tag("hf_vlm")],
+    kind_or("shapeworld"),
+]
+JudgeConfig = HFVLMJudgeConfig  # one kind so far (hf_vlm); the exact verifier is chosen by search.judge
+
+
+def load_image_model(cfg: ShapeWorldImageConfig | DiffusersImageConfig) -> Generator | Editor:
+    """The generator/editor (one object, both roles) a config names."""
+    if isinstance(cfg, DiffusersImageConfig):
+        return DiffusersImageModel(cfg)
+    return ShapeWorldImageModel(cfg)
+
+
+def load_critic(cfg: CriticBackendConfig | HFVLMCriticConfig) -> Critic:
+    if isinstance(cfg, HFVLMCriticConfig):
+        return HFVLMCritic(cfg)
+    return ShapeWorldCritic(cfg)
+
+
+def load_judge(cfg: HFVLMJudgeConfig) -> Judge:
+    return HFVLMJudge(cfg)
+
+
+__all__ = [
+    "CriticConfig", "DiffusersImageConfig", "DiffusersImageModel", "HFVLMCritic", "HFVLMCriticConfig", "HFVLMJudge",
+    "HFVLMJudgeConfig", "ImageConfig", "JudgeConfig", "ShapeWorldCriticConfig", "ShapeWorldImage", "load_critic",
+    "load_image_model", "load_judge",
+]
