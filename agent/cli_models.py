@@ -115,6 +115,88 @@ def print_report(report) -> None:
         console.print(table)
 
 
+@train_app.command("critic")
+def train_critic_cmd(
+    config: Path = typer.Option(None, "--config", "-c", help="YAML recipe (default: configs/critic.yaml's values)."),
+    work: Path = typer.Option(Path("runs/train-critic"), help="Data chunks and checkpoints; rerun to resume."),
+    export: Path = typer.Option(None, help="Critic folder to write (default: the shipped critic's folder)."),
+    device: str = typer.Option(None, help="cpu or cuda (default: cuda when present)."),
+) -> None:
+    """Train the critic: reflection data from the generator, its editor and rendered scenes, then fine-tuning."""
+    from model.critic.train_critic import CriticTrainConfig, check_work, train_critic
+
+    try:
+        cfg = CriticTrainConfig.load(config)
+        check_work(work, cfg)
+    except ValueError as e:
+        raise bad_input(str(e)) from None
+    out = train_critic(cfg, work, export, device, log=console.print)
+    console.print(f"wrote {out}")
+
+
+@eval_app.command("critic")
+def eval_critic_cmd(
+    split: str = typer.Option("dev", help="Prompt suite: dev or test (or train)."),
+    model: Path = typer.Option(None, help="Critic folder (default: the shipped critic)."),
+    generator: Path = typer.Option(None, help="Pipeline folder of the generator/editor (default: the shipped one)."),
+    per_family: int = typer.Option(None, min=1, help="Prompts per family (default: the whole suite)."),
+    batch_size: int = typer.Option(32, min=1),
+    device: str = typer.Option(None, help="cpu or cuda (default: cuda when present)."),
+    json_out: Path = typer.Option(None, "--json-out", help="Also write the report as JSON here."),
+) -> None:
+    """Verdicts, parse rate and fix rate of the critic on the generator's images, judged by the verifier."""
+    from model.critic.backend import DEFAULT_CRITIC
+    from model.critic.data import Sampling
+    from model.critic.eval_critic import evaluate_critic, load_eval_critic, write_report
+    from model.shapeworld.train_generator import pick_device
+    from world import suite
+
+    dev = pick_device(device)
+    try:
+        items = suite(split, per_family)
+        critic = load_eval_critic(model, str(dev))
+    except (ValueError, FileNotFoundError) as e:
+        raise bad_input(str(e)) from None
+    report = evaluate_critic(critic, _load(generator, device), items, split, Sampling(batch_size=batch_size),
+                             str(generator or "shipped"), per_family)
+    print_critic_report(report)
+    if json_out:
+        console.print(f"wrote {write_report(report, json_out)}")
+    shipped = model is None or model.resolve() == DEFAULT_CRITIC.resolve()
+    if shipped and per_family is None and generator is None:  # the shipped critic's report card, on the whole suite
+        console.print(f"wrote {write_report(report, DEFAULT_CRITIC / f'eval_{split}.json')}")
+
+
+def print_critic_report(report) -> None:
+    from rich.table import Table
+
+    table = Table("family", "n", "right images", "verdict accuracy", "false right", "false wrong", "parsed",
+                  title=f"critic verdicts on the generator's {report.split} images")
+
+    def row(name: str, s) -> None:
+        table.add_row(name, str(s.n), str(s.right_images), f"{s.accuracy:.3f}",
+                      f"{s.false_right}/{s.n - s.right_images}", f"{s.false_wrong}/{s.right_images}",
+                      f"{s.parse_rate:.3f}")
+
+    for family, score in report.by_family.items():
+        row(family, score)
+    row("[bold]overall", report.overall)
+    if report.held_out.n:
+        row("held-out compositions", report.held_out)
+    console.print(table)
+    o = report.overall
+    console.print(f"verdict accuracy {o.accuracy:.3f}; false right rate {o.false_right_rate:.3f} (of wrong images), "
+                  f"false wrong rate {o.false_wrong_rate:.3f} (of right images); reflections parsed {o.parse_rate:.3f}")
+    table = Table("instructions", "wrong images edited", "made right", "fix rate",
+                  title="edits carried out by the embedded editor, judged by the verifier")
+    for name, fix in (("the critic's", report.fix), ("ideal (label_critique's)", report.fix_ideal)):
+        table.add_row(name, str(fix.n), str(fix.fixed), f"{fix.rate:.3f}")
+    console.print(table)
+    console.print(f"regenerate asked on {report.regenerate} wrong images; critic's edit = ideal edit on "
+                  f"{report.edit_agreement:.3f} of wrong images that have one; {report.seconds_per_reflection:.3f} s "
+                  "per reflection")
+
+
 def _load(model: Path | None, device: str | None):
     from model.shapeworld.pipeline import load_generator
     from model.shapeworld.train_generator import pick_device
