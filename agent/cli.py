@@ -10,6 +10,7 @@ from agent.cli_bench import bench_cmd
 from agent.cli_inspect import inspect_cmd
 from agent.cli_replay import replay_cmd
 from agent.cli_run import run_cmd
+from agent.cli_train import eval_app, train_app
 from agent.cli_view import view_cmd
 from agent.cli_world import world_app
 
@@ -25,6 +26,8 @@ app.command("bench")(bench_cmd)
 app.command("replay")(replay_cmd)
 app.command("view")(view_cmd)
 app.add_typer(world_app, name="world")
+app.add_typer(train_app, name="train")
+app.add_typer(eval_app, name="eval")
 
 
 def _version(value: bool) -> None:
