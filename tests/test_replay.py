@@ -2,9 +2,8 @@
 person's critique; the fork is a new session linked to its parent, and the parent is untouched."""
 
 import asyncio
-import time
-
 import json
+import time
 
 import pytest
 from typer.testing import CliRunner
