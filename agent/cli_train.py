@@ -55,17 +55,13 @@ def reward_cmd(
 ) -> None:
     """The learned reward model: P(image satisfies prompt), trained on the runs' verifier labels;
     reports accuracy and AUC against the verifier on held-out sessions."""
-    import yaml
-    from pydantic import ValidationError
-
     from agent.store import StoreError
     from agent.train_reward import RewardTrainConfig, train_reward
 
     try:
-        data = yaml.safe_load(config.read_text()) if config else {}
-        cfg = RewardTrainConfig.model_validate(data or {})
+        cfg = RewardTrainConfig.load(config)
         out, report = train_reward(cfg, runs, work, export or work / "reward", device, log=console.print)
-    except (ValidationError, ValueError, StoreError, OSError) as e:
+    except (ValueError, StoreError, OSError) as e:
         raise bad_input(str(e)) from None
     console.print(f"wrote {out}")
     if report is not None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from model.backends import CriticConfig, HFVLMJudgeConfig, ImageConfig, ShapeWorldCriticConfig, ShapeWorldImage
+from model.shapeworld.config import read_yaml
 from policies.search import SearchPolicy
 from policies.stop import StopPolicy
 from rewards.learned import LearnedRewardConfig
@@ -43,14 +43,7 @@ class RunConfig(Strict):
     @classmethod
     def load(cls, path: str | Path | None, **overrides) -> RunConfig:
         """YAML (or defaults), then flat overrides like max_rounds=4; ValueError says what is wrong."""
-        data = {}
-        if path is not None:
-            path = Path(path)
-            if not path.is_file():
-                raise ValueError(f"no such config file: {path}")
-            data = yaml.safe_load(path.read_text()) or {}
-            if not isinstance(data, dict):
-                raise ValueError(f"{path}: expected a mapping at the top level")
+        data = read_yaml(path) if path is not None else {}
         if overrides.get("max_rounds") is not None:
             data.setdefault("stop", {})["max_rounds"] = overrides["max_rounds"]
         try:

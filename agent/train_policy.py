@@ -41,7 +41,6 @@ import peft
 import torch
 import transformers
 import trl
-import yaml
 from accelerate import PartialState
 from accelerate.utils import is_peft_model
 from datasets import Dataset, Features, Image, List, Value, load_from_disk
@@ -59,7 +58,7 @@ from model.critic.build import load_critic
 from model.critic.train_critic import CriticTrainer, command_line, export_critic, last_checkpoint
 from model.roles import Editor, Generator
 from model.shapeworld.backend import ShapeWorldImageConfig, ShapeWorldImageModel
-from model.shapeworld.config import Strict
+from model.shapeworld.config import Strict, read_yaml
 from model.shapeworld.train_generator import git_commit, pick_device
 from policies.critique import REGENERATE, Critique, CritiqueError, parse_critique
 from rewards.base import Reward
@@ -214,12 +213,10 @@ class PolicyTrainConfig(Strict):
     @classmethod
     def load(cls, path: str | Path) -> PolicyTrainConfig:
         """YAML -> config; PolicyTrainError says what is wrong, field by field."""
-        path = Path(path)
-        if not path.is_file():
-            raise PolicyTrainError(f"no such config file: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise PolicyTrainError(f"{path}: expected a mapping at the top level")
+        try:
+            data = read_yaml(path)
+        except ValueError as e:
+            raise PolicyTrainError(str(e)) from None
         try:
             return cls.model_validate(data)
         except ValidationError as e:

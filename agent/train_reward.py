@@ -32,14 +32,14 @@ from model.critic.train_critic import (
     make_trainer,
     training_mix,
 )
-from model.shapeworld.config import Strict
+from model.shapeworld.config import YamlConfig
 from model.shapeworld.train_generator import git_commit, pick_device
 from rewards.learned import RIGHT, WRONG, LearnedReward
 
 SMALL = CriticConfig(vision=VisionTower(hidden=64, layers=2), text=LanguageModel(hidden=96, layers=2, max_positions=96))
 
 
-class RewardTrainConfig(Strict):
+class RewardTrainConfig(YamlConfig):
     seed: int = 0
     model: CriticConfig = SMALL
     held_out: float = Field(0.1, gt=0, lt=1)  # share of sessions kept out of training

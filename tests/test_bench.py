@@ -11,7 +11,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -22,13 +21,9 @@ from agent.metrics import by_family
 from agent.runner import SessionSpec, make_judge, make_runtime
 from agent.store import RunStore
 from model.shapeworld.backend import ShapeWorldImageConfig, ShapeWorldImageModel
-from model.shapeworld.build import build_pipeline
-from model.shapeworld.config import GeneratorConfig
 from model.worker import BusyClock
 from world import check_image, suite
 
-TINY = {"vae": {"block_out_channels": [8, 8, 8]},
-        "denoiser": {"num_layers": 2, "heads": 2, "head_dim": 8, "text_hidden": 16, "text_layers": 1}}
 runner = CliRunner()
 
 
@@ -39,11 +34,8 @@ class HashCritic:
 
 
 @pytest.fixture(scope="module")
-def image_folder(tmp_path_factory):
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("gen") / "pipe"
-    build_pipeline(GeneratorConfig.model_validate(TINY)).save_pretrained(folder)
-    return folder
+def image_folder(tiny_models):
+    return tiny_models / "image"
 
 
 @pytest.fixture(scope="module")

@@ -119,7 +119,7 @@ def test_killed_data_build_resumes_at_the_next_missing_chunk(run, tmp_path, monk
     assert len(first) + len(made) == sum(len(cfg.data.chunks_of(s)) for s in SOURCES)
     assert rows_of(resumed) == rows_of(reference)  # seeded: the rows of the uninterrupted build
     assert not list(tmp_path.glob("*.tmp"))
-    with pytest.raises(ValueError, match="another data config"):
+    with pytest.raises(ValueError, match="another config"):
         build_data(cfg.data.model_copy(update={"rows": 65}), tmp_path, cfg.seed, load_generator)
 
 

@@ -8,19 +8,12 @@ import json
 import time
 
 import pytest
-import torch
 
 from agent.runner import SessionSpec, make_runtime, run_sessions
 from agent.store import RunStore
 from agent.trajectory import RunManifest
-from model.shapeworld.backend import ShapeWorldImageConfig, ShapeWorldImageModel
-from model.shapeworld.build import build_pipeline
-from model.shapeworld.config import GeneratorConfig
 from policies.stop import StopPolicy
 from world import check_image
-
-TINY = {"vae": {"block_out_channels": [8, 8, 8]},
-        "denoiser": {"num_layers": 2, "heads": 2, "head_dim": 8, "text_hidden": 16, "text_layers": 1}}
 
 RIGHT = "seen: a circle\nwrong: nothing\nverdict: right"
 ADD = "seen: nothing\nwrong: expected a circle, found none\nverdict: wrong\nedit: add a circle"
@@ -38,12 +31,9 @@ class ScriptedCritic:
         return [self.script[p].pop(0) for p in prompts]
 
 
-@pytest.fixture(scope="module")
-def image_model(tmp_path_factory):
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("gen") / "pipe"
-    build_pipeline(GeneratorConfig.model_validate(TINY)).save_pretrained(folder)
-    return ShapeWorldImageModel(ShapeWorldImageConfig(path=str(folder), steps=2))
+@pytest.fixture
+def image_model(tiny_image_model):
+    return tiny_image_model
 
 
 def new_store(path):

@@ -3,34 +3,17 @@
 import json
 
 import pytest
-import torch
 import yaml
 from typer.testing import CliRunner
 
 from agent.cli import app
-from model.critic.build import build_critic
-from model.shapeworld.build import build_pipeline
-from model.shapeworld.config import GeneratorConfig
 
-TINY = {"vae": {"block_out_channels": [8, 8, 8]},
-        "denoiser": {"num_layers": 2, "heads": 2, "head_dim": 8, "text_hidden": 16, "text_layers": 1}}
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def config(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    build_pipeline(GeneratorConfig.model_validate(TINY)).save_pretrained(root / "image")
-    model, processor = build_critic()
-    model.save_pretrained(root / "critic")
-    processor.save_pretrained(root / "critic")
-    cfg = {"concurrency": 4, "max_batch": 4, "stop": {"max_rounds": 1},
-           "models": {"image": {"path": str(root / "image"), "steps": 2},
-                      "critic": {"path": str(root / "critic"), "max_new_tokens": 12}}}
-    path = root / "run.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+@pytest.fixture
+def config(tiny_run_config):
+    return tiny_run_config
 
 
 def test_run_writes_a_complete_run_and_resume_is_a_no_op(tmp_path, config):

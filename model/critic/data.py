@@ -31,7 +31,7 @@ from datasets.utils.tqdm import are_progress_bars_disabled, disable_progress_bar
 from pydantic import Field, model_validator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from model.shapeworld.config import Strict
+from model.shapeworld.config import Strict, pin_config
 from model.shapeworld.pipeline import DEFAULT_GUIDANCE, ShapeWorldPipeline
 from policies.critique import REGENERATE, label_critique, parse_critique
 from world import Obj, Scene, check_scene, parse_image, random_scene, render_one, sample_prompt, scene_for_prompt
@@ -252,16 +252,7 @@ def write_chunk(rows: list[dict], folder: Path, meta: dict) -> None:
 
 def check_data_config(root: Path, cfg: CriticDataConfig) -> None:
     """Chunks of one data config only: a work dir started with another refuses to mix them."""
-    root.mkdir(parents=True, exist_ok=True)
-    saved = root / "data_config.json"
-    if saved.is_file():
-        if CriticDataConfig.model_validate_json(saved.read_text()) != cfg:
-            raise ValueError(f"{root} holds data built with another data config ({saved}); "
-                             "use a new --work folder or delete that one")
-    else:
-        tmp = saved.with_name(saved.name + ".tmp")
-        tmp.write_text(cfg.model_dump_json(indent=2))
-        os.replace(tmp, saved)
+    pin_config(root / "data_config.json", cfg)
 
 
 def load_source(root: Path, cfg: CriticDataConfig, source: str) -> Dataset | None:

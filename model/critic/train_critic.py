@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
-import yaml
 from datasets import Dataset
 from pydantic import Field
 from transformers import LlavaProcessor, Trainer, TrainerCallback, TrainingArguments, set_seed
@@ -32,14 +31,14 @@ from transformers.trainer_callback import ExportableState
 from model.critic.backend import DEFAULT_CRITIC
 from model.critic.build import CriticConfig, build_critic, critic_inputs
 from model.critic.data import SOURCES, CriticDataConfig, build_data, build_seconds, verdict_counts
-from model.shapeworld.config import Strict
+from model.shapeworld.config import YamlConfig, pin_config
 from model.shapeworld.pipeline import load_generator
 from model.shapeworld.train_generator import git_commit, pick_device
 
 CHAT_OVERHEAD = 4  # <bos> <user> <critic> <eos> around the image tokens, the prompt and the reflection
 
 
-class CriticTrainConfig(Strict):
+class CriticTrainConfig(YamlConfig):
     seed: int = 0
     model: CriticConfig = CriticConfig()
     data: CriticDataConfig = CriticDataConfig()
@@ -50,15 +49,6 @@ class CriticTrainConfig(Strict):
     weight_decay: float = Field(0.01, ge=0)
     checkpoint_every: int = Field(250, ge=1)
     log_every: int = Field(50, ge=1)
-
-    @classmethod
-    def load(cls, path: str | Path | None) -> CriticTrainConfig:
-        if path is None:
-            return cls()
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"no such config file: {path}")
-        return cls.model_validate(yaml.safe_load(path.read_text()) or {})
 
 
 # -- the training mix ------------------------------------------------------------------------
@@ -143,16 +133,7 @@ class CriticTrainer(Trainer):
 # -- work dir, checkpoints, export -----------------------------------------------------------
 def check_work(work: Path, cfg: CriticTrainConfig) -> None:
     """A work dir belongs to one config: resuming it with another would mix two runs."""
-    work.mkdir(parents=True, exist_ok=True)
-    saved = work / "config.json"
-    if saved.is_file():
-        if CriticTrainConfig.model_validate_json(saved.read_text()) != cfg:
-            raise ValueError(f"{work} was started with another config ({saved}); use a new --work folder "
-                             "or delete that one")
-        return
-    tmp = saved.with_name(saved.name + ".tmp")
-    tmp.write_text(cfg.model_dump_json(indent=2))
-    os.replace(tmp, saved)
+    pin_config(work / "config.json", cfg)
 
 
 def last_checkpoint(folder: Path) -> Path | None:
