@@ -124,3 +124,22 @@ def test_saved_critic_reloads_with_auto_classes(critic, images, tmp_path):
         assert torch.equal(model(**batch).logits, loaded(**again).logits)
     with pytest.raises(FileNotFoundError, match="no critic"):
         load_critic(tmp_path / "missing")
+
+
+def test_backend_writes_as_long_as_the_positions_hold(tmp_path, images):
+    """No cap: a reflection may fill the positions and no more (a cut-off one loses its verdict);
+    a cap in the config wins when it is smaller."""
+    from model.critic.backend import CriticBackendConfig, ShapeWorldCritic
+
+    torch.manual_seed(0)
+    model, processor = build_critic(CriticConfig.model_validate({"text": {"max_positions": 96}}))
+    model.save_pretrained(tmp_path / "c")
+    processor.save_pretrained(tmp_path / "c")
+    critic = ShapeWorldCritic(CriticBackendConfig(path=str(tmp_path / "c")))
+    length = critic_inputs(critic.processor, PROMPTS[:1], images[:1])["input_ids"].shape[1]
+    assert critic.room(length) == 96 - length
+    assert len(critic.processor.tokenizer(critic.critique(PROMPTS[:1], images[:1])[0]).input_ids) <= 96 - length
+    critic.cfg.max_new_tokens = 5
+    assert critic.room(length) == 5
+    with pytest.raises(ValueError, match="fills all its positions"):
+        critic.room(96)

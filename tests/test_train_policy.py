@@ -183,6 +183,7 @@ def test_grpo_checkpoints_and_resumes(critic, tiny_models, tiny_image_model, tmp
     record = json.loads((out / "training.json").read_text())
     assert record["steps"] == 2 and record["config"]["grpo"]["num_generations"] == 2
     assert {"command", "wall_seconds", "device", "git_commit"} <= set(record)
+    assert list((tmp_path / "work").rglob("events.out.tfevents.*")), "no TensorBoard logs"
     load_critic(out)
 
     more = config(critic, tiny_models, grpo={"steps": 3})  # rerun with more steps: resumes at checkpoint-2

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from model.critic.build import critic_inputs, load_critic
 
@@ -19,7 +19,7 @@ class CriticBackendConfig(BaseModel):
 
     path: str | None = None  # None: the shipped critic
     device: str = "cpu"
-    max_new_tokens: int = 160
+    max_new_tokens: int | None = Field(None, ge=1)  # None: as many as the critic's positions hold
 
 
 class ShapeWorldCritic:
@@ -33,10 +33,19 @@ class ShapeWorldCritic:
         self.model.to(cfg.device).eval()
         self._lock = threading.Lock()  # one generate at a time (a worker thread per role)
 
+    def room(self, input_length: int) -> int:
+        """New tokens a reflection may take: what the positions leave after the input (a reflection
+        cut short loses its verdict), or less when the config caps it."""
+        left = self.model.config.text_config.max_position_embeddings - input_length
+        if left < 1:
+            raise ValueError(f"the critic's input ({input_length} tokens) fills all its positions")
+        return min(left, self.cfg.max_new_tokens or left)
+
     @torch.inference_mode()
     def critique(self, prompts: list[str], images: list[np.ndarray]) -> list[str]:
         batch = critic_inputs(self.processor, prompts, images).to(self.cfg.device)
         with self._lock:
-            out = self.model.generate(**batch, max_new_tokens=self.cfg.max_new_tokens, do_sample=False)
+            out = self.model.generate(**batch, max_new_tokens=self.room(batch["input_ids"].shape[1]),
+                                      do_sample=False)
         new = out[:, batch["input_ids"].shape[1]:]
         return [t.strip() for t in self.processor.tokenizer.batch_decode(new, skip_special_tokens=True)]

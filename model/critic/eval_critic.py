@@ -177,12 +177,8 @@ def evaluate_critic(critic: ShapeWorldCritic, pipe: ShapeWorldPipeline, items: l
 
 
 def load_eval_critic(path: str | Path | None, device: str = "cpu") -> ShapeWorldCritic:
-    """The critic, allowed to write as long a reflection as its positions hold (a long one is
-    cut off by max_new_tokens and loses its verdict)."""
-    critic = ShapeWorldCritic(CriticBackendConfig(path=str(path) if path else None, device=device))
-    text = critic.model.config.text_config
-    critic.cfg.max_new_tokens = text.max_position_embeddings - critic.model.config.image_seq_length
-    return critic
+    """The critic as the loop runs it (reflections as long as its positions hold)."""
+    return ShapeWorldCritic(CriticBackendConfig(path=str(path) if path else None, device=device))
 
 
 def write_report(report: CriticReport, path: Path) -> Path:
