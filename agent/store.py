@@ -3,7 +3,8 @@
     RUN/manifest.json          RunManifest, written last when the run is created
     RUN/images/ab/abcd....png  content-addressed images (sha256 of the pixels)
     RUN/sessions/<id>.json     one SessionRecord per session, replaced whole on every update
-    RUN/sessions.jsonl         every session, one line each, rewritten when a session ends
+    RUN/sessions.jsonl         every session, one line each, refreshed as sessions end (at most
+                               every JSONL_EVERY seconds, and once more when the run ends)
 
 Every file is written to a temp file in the same folder and renamed over the old one, so a
 reader sees the previous version or the next, never half of one. Leftover temp files (after a
@@ -32,6 +33,7 @@ from agent.trajectory import RoundRecord, RunManifest, SessionRecord, is_safe_id
 
 MANIFEST = "manifest.json"
 JSONL = "sessions.jsonl"
+JSONL_EVERY = 2.0  # seconds between refreshes of sessions.jsonl as sessions end: each reads every session
 
 
 class StoreError(Exception):
@@ -64,6 +66,7 @@ class RunStore:
     def __init__(self, root: Path, manifest: RunManifest):
         self.root = root
         self.manifest = manifest
+        self._jsonl_at = float("-inf")  # monotonic time of this store's last sessions.jsonl
 
     # -- the run directory ---------------------------------------------------------------------
 
@@ -193,7 +196,7 @@ class RunStore:
 
     def finish_session(self, session_id: str, stop_reason: str, final_image: str | None = None) -> SessionRecord:
         """Mark a session done; `final_image` defaults to the last round's image. Re-running it
-        overwrites the previous ending. Refreshes sessions.jsonl."""
+        overwrites the previous ending. Refreshes sessions.jsonl (see refresh_jsonl)."""
         record = self.get(session_id)
         if final_image is None and record.rounds:
             final_image = record.rounds[-1].image
@@ -202,7 +205,7 @@ class RunStore:
         self._write(record.model_copy(update={
             "status": "done", "stop_reason": stop_reason, "final_image": final_image, "error": None,
             "finished_at": time.time()}))
-        self.write_jsonl()
+        self.refresh_jsonl()
         return self.get(session_id)
 
     def fail_session(self, session_id: str, error: str) -> SessionRecord:
@@ -210,7 +213,7 @@ class RunStore:
         record = self.get(session_id)
         self._write(record.model_copy(update={
             "status": "failed", "error": error, "stop_reason": "error", "finished_at": time.time()}))
-        self.write_jsonl()
+        self.refresh_jsonl()
         return self.get(session_id)
 
     def get(self, session_id: str) -> SessionRecord:
@@ -238,12 +241,19 @@ class RunStore:
         """Ids of the sessions still running (to resume after a crash), sorted."""
         return [s.id for s in self.sessions() if s.status == "running"]
 
+    def refresh_jsonl(self) -> None:
+        """write_jsonl, unless this store wrote it less than JSONL_EVERY seconds ago: a run that
+        rewrote it on every ending would read n sessions n times. The sessions' own files are
+        the record; whoever ends a run calls write_jsonl once more."""
+        if time.monotonic() - self._jsonl_at >= JSONL_EVERY:
+            self.write_jsonl()
+
     def write_jsonl(self) -> Path:
         """(Re)write sessions.jsonl, one line per session in id order, atomically.
 
-        Cost: it reads and writes every session, O(run size) per call, so O(n^2) over a run that
-        calls it once per finished session; fine for thousands of small sessions. A file lock
-        serialises writers, so the last one to write has read every session written before it."""
+        It reads and writes every session (O(run size)). A file lock serialises writers, so the
+        last one to write has read every session written before it."""
+        self._jsonl_at = time.monotonic()
         with self._lock():
             lines = [s.model_dump_json() + "\n" for s in self.sessions()]
             path = self.root / JSONL

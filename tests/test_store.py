@@ -295,3 +295,22 @@ def test_a_session_file_from_a_newer_refloop_is_refused(store):
     path.write_text(json.dumps({**json.loads(path.read_text()), "schema_version": 2}))
     with pytest.raises(StoreError, match="newer than this refloop reads"):
         store.get("s1")
+
+
+def test_jsonl_refresh_is_throttled_and_write_jsonl_completes_it(store, rng, monkeypatch):
+    """Each ending would otherwise read every session (n^2 over a run): endings within JSONL_EVERY
+    of the last refresh leave the file alone; write_jsonl (as every run's end calls it) brings it up to date."""
+    monkeypatch.setattr("agent.store.JSONL_EVERY", 3600.0)
+    img = store.put_image(image(rng))
+    for sid in ("a", "b"):
+        store.start_session(session(sid))
+        store.upsert_round(sid, RoundRecord(index=0, image=img))
+    store.finish_session("a", "max_rounds")
+    store.finish_session("b", "max_rounds")
+    path = store.root / "sessions.jsonl"
+    assert [json.loads(x)["status"] for x in path.read_text().splitlines()] == ["done", "running"]
+    store.write_jsonl()
+    assert [json.loads(x)["status"] for x in path.read_text().splitlines()] == ["done", "done"]
+    monkeypatch.setattr("agent.store.JSONL_EVERY", 0.0)
+    store.fail_session("b", "boom")  # due: written at once
+    assert json.loads(path.read_text().splitlines()[1])["status"] == "failed"
