@@ -17,11 +17,10 @@ $(VENV)/.ready: pyproject.toml
 
 PROMPT ?= two red circles above a blue square
 
-# the main job: the embedded generator draws PROMPT, the world's verifier judges it
-# (exit 1, "not satisfied", is an answer, not a failure; 2, bad input, is)
+# the main job: a reflection session on the embedded models (the generator draws PROMPT, the
+# critic reflects, the editor revises), logged as a run directory under runs/
 run: env
-	$(BIN)/refloop world generate "$(PROMPT)" --out runs/generated.png
-	$(BIN)/refloop world check "$(PROMPT)" runs/generated.png; test $$? -le 1
+	OMP_NUM_THREADS=1 $(BIN)/refloop run "$(PROMPT)"
 
 # CI runs this: fast and slow tests (a few minutes on 2 cores)
 test: env

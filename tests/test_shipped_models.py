@@ -1,6 +1,8 @@
 """The weights shipped in the repo: they load from their default place with no path, run,
 and are about as good as their report card says (a small sample, so a loose bound)."""
 
+from pathlib import Path
+
 import pytest
 
 from model.shapeworld.pipeline import DEFAULT_GENERATOR, load_generator
@@ -28,3 +30,60 @@ def test_shipped_generator_records_how_it_was_made():
 
     record = json.loads((DEFAULT_GENERATOR / "training.json").read_text())
     assert {"command", "config", "steps", "examples_seen", "wall_seconds"} <= record.keys()
+
+
+# -- the shipped critic (model/critic/weights/critic) ----------------------------------------------
+
+def critic_shipped() -> bool:
+    from model.critic.backend import DEFAULT_CRITIC
+
+    return (DEFAULT_CRITIC / "config.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not critic_shipped(), reason="no shipped critic in this checkout")
+def test_shipped_critic_reflects_on_rendered_scenes():
+    """No path: the shipped critic. On rendered scenes it was measured (README) to pass most right
+    ones and catch some near misses; these loose bounds catch a broken critic (garbled text parses
+    never; a critic that ignores the image says one verdict for both)."""
+    import numpy as np
+
+    from model.critic.backend import CriticBackendConfig, ShapeWorldCritic
+    from policies.critique import CritiqueError, parse_critique
+    from world import render_one, scene_for_prompt
+    from world.synth import perturb_scene
+
+    critic = ShapeWorldCritic(CriticBackendConfig())
+    rng = np.random.default_rng(0)
+    items = suite("dev", per_family=4)
+    scenes = [scene_for_prompt(i.prompt, rng) for i in items]
+    right = [render_one(s) for s in scenes]
+    wrong = [render_one(perturb_scene(i.prompt, s, rng)[0]) for i, s in zip(items, scenes)]
+    prompts = [i.prompt for i in items]
+    said = {}
+    for name, images in (("right", right), ("wrong", wrong)):
+        verdicts = []
+        for text in critic.critique(prompts, images):
+            try:
+                verdicts.append(parse_critique(text).verdict)
+            except CritiqueError:
+                verdicts.append(None)
+        assert verdicts.count(None) <= 1, name
+        said[name] = verdicts
+    assert said["right"].count("right") >= 0.7 * len(items)
+    assert said["wrong"].count("wrong") >= 0.15 * len(items)
+
+
+@pytest.mark.skipif(not critic_shipped(), reason="no shipped critic in this checkout")
+def test_shipped_critic_records_how_it_was_made():
+    import json
+
+    from model.critic.backend import DEFAULT_CRITIC
+
+    record = json.loads((DEFAULT_CRITIC / "training.json").read_text())
+    assert {"command", "config", "steps", "examples_seen", "wall_seconds", "git_commit"} <= record.keys()
+    assert (DEFAULT_CRITIC / "eval_dev.json").is_file()  # its report card
+    from model.critic.train_critic import CriticTrainConfig
+
+    recipe = CriticTrainConfig.load(Path(__file__).parent.parent / "configs" / "critic.yaml")
+    assert record["config"] == recipe.model_dump(mode="json"), "configs/critic.yaml is not the shipped critic's recipe"
