@@ -31,7 +31,7 @@ from pydantic import BaseModel
 
 from agent.store import RunStore
 from agent.trajectory import RoundRecord
-from model.worker import BatchedWorker
+from model.worker import BatchedWorker, Crowd
 from policies.critique import REGENERATE, CritiqueError, parse_critique
 from policies.search import SearchPolicy, candidate_seed, pick
 from policies.stop import StopPolicy
@@ -91,6 +91,7 @@ class Runtime:
     judge: BatchedWorker | None = None  # (prompt, image) -> Scored (rewards.base) or a float in [0, 1]
     verifier: Callable[[str, np.ndarray], bool] | None = None
     search: SearchPolicy = field(default_factory=SearchPolicy)
+    crowd: Crowd | None = None  # the sessions in flight, shared with the workers (full batches, no timer)
 
     @property
     def recursion_limit(self) -> int:

@@ -5,6 +5,7 @@ last completed node left it (durability "sync": at most the node in flight runs 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ from agent.review import Reviewer, review_paused
 from agent.trajectory import SessionRecord
 from model.backends import load_critic, load_image_model, load_judge
 from model.roles import Critic, Editor, Generator, Judge
-from model.worker import BatchedWorker
+from model.worker import BatchedWorker, Crowd
 from policies.search import SearchPolicy
 from rewards.base import Reward
 from rewards.learned import LearnedReward, LearnedRewardConfig
@@ -55,27 +56,32 @@ async def run_sessions(rt: Runtime, specs: list[SessionSpec], concurrency: int =
 
     async def one(spec: SessionSpec) -> SessionRecord:
         async with gate:
-            record = rt.store.start_session(SessionRecord(
-                id=spec.id, prompt=spec.prompt, family=spec.family, seed=spec.seed, started_at=time.time()))
-            if record.status != "running":
-                return record
-            config = {"configurable": {"thread_id": spec.id}, "recursion_limit": rt.recursion_limit}
-            snapshot = await graph.aget_state(config)
-            start = None if snapshot.values else LoopState(session_id=spec.id, prompt=spec.prompt, seed=spec.seed)
-            try:
-                while True:  # one pass without a reviewer; one per revision with one
-                    if reviewer is not None and snapshot.next == ("revise",):
-                        await review_paused(graph, rt, config, reviewer)
-                    await graph.ainvoke(start, config, durability="sync")
-                    start, snapshot = None, await graph.aget_state(config)
-                    if not snapshot.next:
-                        break
-                record = rt.store.get(spec.id)
-            except Exception as e:  # noqa: BLE001 - one session's failure must not sink the others
-                record = rt.store.fail_session(spec.id, f"{type(e).__name__}: {e}")
-            if on_done:
-                on_done(record)
+            with rt.crowd.session(spec.id) if rt.crowd else contextlib.nullcontext():
+                return await session(spec)
+
+    async def session(spec: SessionSpec) -> SessionRecord:
+        record = rt.store.start_session(SessionRecord(
+            id=spec.id, prompt=spec.prompt, family=spec.family, seed=spec.seed, started_at=time.time()))
+        if record.status != "running":
             return record
+        config = {"configurable": {"thread_id": spec.id}, "recursion_limit": rt.recursion_limit}
+        snapshot = await graph.aget_state(config)
+        start = None if snapshot.values else LoopState(session_id=spec.id, prompt=spec.prompt, seed=spec.seed)
+        try:
+            while True:  # one pass without a reviewer; one per revision with one
+                if reviewer is not None and snapshot.next == ("revise",):
+                    with rt.crowd.away() if rt.crowd else contextlib.nullcontext():  # a person may take minutes
+                        await review_paused(graph, rt, config, reviewer)
+                await graph.ainvoke(start, config, durability="sync")
+                start, snapshot = None, await graph.aget_state(config)
+                if not snapshot.next:
+                    break
+            record = rt.store.get(spec.id)
+        except Exception as e:  # noqa: BLE001 - one session's failure must not sink the others
+            record = rt.store.fail_session(spec.id, f"{type(e).__name__}: {e}")
+        if on_done:
+            on_done(record)
+        return record
 
     try:
         return await asyncio.gather(*(one(s) for s in specs))
@@ -88,19 +94,22 @@ async def run_sessions(rt: Runtime, specs: list[SessionSpec], concurrency: int =
 
 def make_runtime(store, generator, editor, critic, policy, judge=None, verifier=None, max_batch: int = 32,
                  search: SearchPolicy | None = None) -> Runtime:
-    """Put each model role behind a batched worker shared by all sessions."""
+    """Put each model role behind a batched worker shared by all sessions (and by their crowd)."""
+    crowd = Crowd()
     return Runtime(
         store=store,
         generator=BatchedWorker("generator", lambda xs: generator.generate([p for p, _ in xs], [s for _, s in xs]),
-                                max_batch),
+                                max_batch, crowd=crowd),
         editor=BatchedWorker("editor", lambda xs: editor.edit([i for i, _, _ in xs], [t for _, t, _ in xs],
-                                                             [s for _, _, s in xs]), max_batch),
-        critic=BatchedWorker("critic", lambda xs: critic.critique([p for p, _ in xs], [i for _, i in xs]), max_batch),
+                                                             [s for _, _, s in xs]), max_batch, crowd=crowd),
+        critic=BatchedWorker("critic", lambda xs: critic.critique([p for p, _ in xs], [i for _, i in xs]), max_batch,
+                             crowd=crowd),
         judge=None if judge is None else BatchedWorker(
-            "judge", lambda xs: judge.score([p for p, _ in xs], [i for _, i in xs]), max_batch),
+            "judge", lambda xs: judge.score([p for p, _ in xs], [i for _, i in xs]), max_batch, crowd=crowd),
         policy=policy,
         verifier=verifier,
         search=search or SearchPolicy(),
+        crowd=crowd,
     )
 
 

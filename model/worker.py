@@ -1,16 +1,24 @@
 """A batched worker: many sessions call one model; calls are merged into batches.
 
-Callers `await worker(item)`. The worker collects items until the batch is full or the
-queue has been idle for `max_wait` seconds, runs `fn(batch)` in a thread (so the event
-loop keeps scheduling other sessions), and hands each caller its own result. One batch runs
-at a time per worker, which bounds memory; errors reach exactly the callers of that batch.
+Callers `await worker(item)`. The worker collects items until the batch is full or no more
+can come, runs `fn(batch)` in a thread (so the event loop keeps scheduling other sessions),
+and hands each caller its own result. One batch runs at a time per worker, which bounds
+memory; errors reach exactly the callers of that batch.
+
+"No more can come": with a Crowd (the runner's count of sessions in flight and of those
+waiting on some model), as soon as every session in flight waits on a model, or after
+`max_wait` seconds at most. Without one, when the queue has been idle for `max_wait` seconds
+(a timer alone splits a crowd whose sessions arrive a few milliseconds apart).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -49,14 +57,70 @@ class BusyClock:
                 self.seconds += time.perf_counter() - self._since
 
 
+SESSION: contextvars.ContextVar[str | None] = contextvars.ContextVar("refloop_session", default=None)
+
+
+class Crowd:
+    """The sessions in flight and the model calls they wait on, shared by a run's workers.
+
+    The runner enters a session (`with crowd.session(id)`); a worker call made inside it parks
+    the session until its result is set. When every session in flight is parked, no one else
+    can join a batch, so a worker runs what it has at once instead of waiting on a timer."""
+
+    def __init__(self):
+        self.active = 0
+        self.parked: Counter[str] = Counter()  # session -> its model calls not answered yet
+
+    def session(self, session_id: str) -> _InFlight:
+        return _InFlight(self, session_id)
+
+    @contextlib.contextmanager
+    def away(self):
+        """A session in flight that will not call a model for a while (a person reviewing it)."""
+        self.active -= 1
+        try:
+            yield
+        finally:
+            self.active += 1
+
+    def everyone_parked(self) -> bool:
+        return len(+self.parked) >= self.active
+
+    def park(self, session_id: str | None) -> None:
+        if session_id is not None:
+            self.parked[session_id] += 1
+
+    def unpark(self, session_id: str | None) -> None:
+        if session_id is not None:
+            self.parked[session_id] -= 1
+            if self.parked[session_id] <= 0:
+                del self.parked[session_id]
+
+
+class _InFlight:
+    def __init__(self, crowd: Crowd, session_id: str):
+        self.crowd, self.session_id = crowd, session_id
+
+    def __enter__(self) -> None:
+        self.crowd.active += 1
+        self._token = SESSION.set(self.session_id)
+
+    def __exit__(self, *exc) -> None:
+        self.crowd.active -= 1
+        SESSION.reset(self._token)
+
+
 class BatchedWorker:
     def __init__(self, name: str, fn: Callable[[list[Any]], Sequence[Any]], max_batch: int = 32,
-                 max_wait: float = 0.005, clock: BusyClock | None = None):
+                 max_wait: float | None = None, clock: BusyClock | None = None, crowd: Crowd | None = None):
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
-        self.name, self.fn, self.max_batch, self.max_wait = name, fn, max_batch, max_wait
+        self.name, self.fn, self.max_batch = name, fn, max_batch
+        # with a crowd, a cap on the wait since the first item; without, the idle window
+        self.max_wait = max_wait if max_wait is not None else (0.05 if crowd is not None else 0.005)
         self.stats = WorkerStats()
         self.clock = clock  # shared by the workers of a run, to time model calls as a whole
+        self.crowd = crowd
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
 
@@ -65,18 +129,36 @@ class BatchedWorker:
             self._queue = asyncio.Queue()
             self._task = asyncio.get_running_loop().create_task(self._serve(), name=f"worker-{self.name}")
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put((item, future))
+        session = SESSION.get()
+        if self.crowd is not None:
+            self.crowd.park(session)
+        await self._queue.put((item, future, session))
         return await future
 
-    async def _serve(self) -> None:
-        queue = self._queue
-        while True:
-            batch = [await queue.get()]
+    async def _collect(self, queue: asyncio.Queue) -> list[tuple]:
+        batch = [await queue.get()]
+        if self.crowd is None:
             while len(batch) < self.max_batch:
                 try:
                     batch.append(await asyncio.wait_for(queue.get(), timeout=self.max_wait))
                 except TimeoutError:
                     break  # idle: run what we have
+            return batch
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait
+        while len(batch) < self.max_batch:
+            if not queue.empty():
+                batch.append(queue.get_nowait())
+            elif self.crowd.everyone_parked() or loop.time() >= deadline:
+                break
+            else:
+                await asyncio.sleep(0.0005)  # a session in flight may still come: look again
+        return batch
+
+    async def _serve(self) -> None:
+        queue = self._queue
+        while True:
+            batch = await self._collect(queue)
             items, futures = [b[0] for b in batch], [b[1] for b in batch]
             t0 = time.perf_counter()
             try:
@@ -92,6 +174,9 @@ class BatchedWorker:
                 self.stats.busy_seconds += time.perf_counter() - t0
                 self.stats.batches += 1
                 self.stats.calls += len(items)
+                if self.crowd is not None:
+                    for b in batch:
+                        self.crowd.unpark(b[2])
             for f, r in zip(futures, results):
                 if not f.done():
                     f.set_result(r)

@@ -52,3 +52,69 @@ def test_rejects_wrong_result_count_and_bad_batch_size():
     asyncio.run(main())
     with pytest.raises(ValueError):
         BatchedWorker("x", lambda b: b, max_batch=0)
+
+
+def test_a_crowd_fills_the_batch_when_sessions_arrive_apart():
+    """Sessions reach the model 20 ms apart (store and checkpoint writes in between): a 5 ms idle
+    timer would run them one by one; with the crowd, the worker waits until every session in
+    flight is parked on a model, then runs them as one batch."""
+    from model.worker import Crowd
+
+    seen = []
+
+    def record(batch):
+        seen.append(len(batch))
+        return batch
+
+    async def main():
+        crowd = Crowd()
+        worker = BatchedWorker("m", record, max_batch=8, crowd=crowd, max_wait=1.0)
+
+        async def session(i):
+            with crowd.session(f"s{i}"):
+                await asyncio.sleep(0.02 * i)
+                return await worker(i)
+
+        results = await asyncio.gather(*(session(i) for i in range(5)))
+        await worker.close()
+        return results, crowd
+
+    results, crowd = asyncio.run(main())
+    assert results == list(range(5)) and seen == [5]
+    assert crowd.active == 0 and not crowd.parked
+
+
+def test_a_crowd_does_not_wait_past_max_wait_or_for_sessions_away():
+    from model.worker import Crowd
+
+    seen = []
+
+    def record(batch):
+        seen.append(len(batch))
+        return batch
+
+    async def main():
+        crowd = Crowd()
+        worker = BatchedWorker("m", record, max_batch=8, crowd=crowd, max_wait=0.05)
+
+        async def busy():  # in flight, never calls this model soon
+            with crowd.session("busy"):
+                await asyncio.sleep(0.5)
+
+        async def reviewed():  # a person reviews it: away, not waited for
+            with crowd.session("reviewed"), crowd.away():
+                await asyncio.sleep(0.5)
+
+        async def caller():
+            with crowd.session("caller"):
+                await asyncio.sleep(0.01)
+                t0 = time.perf_counter()
+                await worker(1)
+                return time.perf_counter() - t0
+
+        waited, *_ = await asyncio.gather(caller(), busy(), reviewed())
+        await worker.close()
+        return waited
+
+    waited = asyncio.run(main())
+    assert seen == [1] and 0.04 <= waited < 0.3  # the cap, not the busy session's 0.5 s
