@@ -79,7 +79,7 @@ class PerfReport(BaseModel):
     model_busy_seconds: float  # batched run: wall time with at least one model call running
     outside_model_share: float  # batched run: 1 - model_busy / wall
     mean_batch: dict[str, float]  # batched run: rows per model call, by role
-    latency_seconds: float  # one session alone, up to max_rounds revisions
+    latency_seconds: float  # alone: the session that made the most images in the batched run
     latency_rounds: int  # images that session made (the critic may stop it early)
 
 
@@ -239,17 +239,20 @@ def run_perf(cfg: RunConfig, specs: list[SessionSpec], out: Path, factory: Runti
     """Time `specs` batched and one at a time (each a run directory under `out`), and one session
     alone; write perf.json."""
     warm_up(cfg, specs[0], factory)
-    walls, clocks, mean_batch = {}, {}, {}
+    walls, clocks, mean_batch, rounds = {}, {}, {}, {}
     for name, run_cfg in perf_configs(cfg, len(specs), max_rounds).items():
         rt, clocks[name] = timed_runtime(factory, create_run(out / f"perf_{name}", run_cfg, specs, models or {}),
                                          run_cfg)
-        _, walls[name] = run_timed(rt, specs, run_cfg.concurrency)
+        records, walls[name] = run_timed(rt, specs, run_cfg.concurrency)
         if name == "batched":
             mean_batch = {w.name: w.stats.mean_batch for w in (rt.generator, rt.editor, rt.critic, rt.judge)
                           if w is not None and w.stats.batches}
+            rounds = {r.id: len(r.rounds) for r in records}
+    # latency: the session that went furthest in the batched run (the full max_rounds when one did), alone
+    longest = max(specs, key=lambda s: rounds.get(s.id, 0))
     serial = perf_configs(cfg, 1, max_rounds)["serial"]
-    alone = create_run(out / "perf_latency", serial, specs[:1], models or {})
-    records, latency = run_timed(factory(alone, serial), specs[:1], 1)
+    alone = create_run(out / "perf_latency", serial, [longest], models or {})
+    records, latency = run_timed(factory(alone, serial), [longest], 1)
     n = len(specs)
     report = PerfReport(
         sessions=n, max_rounds=max_rounds, batched_wall_seconds=walls["batched"], serial_wall_seconds=walls["serial"],

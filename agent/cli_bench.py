@@ -119,5 +119,6 @@ def print_perf(report: PerfReport) -> None:
     table.add_row("speed-up", f"{report.speedup:.2f}x")
     table.add_row("share of wall time outside model calls (batched)", f"{report.outside_model_share:.1%}")
     table.add_row("mean batch (batched)", ", ".join(f"{k} {v:.1f}" for k, v in report.mean_batch.items()))
-    table.add_row("latency of one session", f"{report.latency_seconds:.2f} s ({report.latency_rounds} images)")
+    table.add_row("latency of one session (the longest of the batch, alone)",
+                  f"{report.latency_seconds:.2f} s ({report.latency_rounds} images)")
     console.print(table)
