@@ -81,6 +81,9 @@ class PerfReport(BaseModel):
     mean_batch: dict[str, float]  # batched run: rows per model call, by role
     latency_seconds: float  # alone: the session that made the most images in the batched run
     latency_rounds: int  # images that session made (the critic may stop it early)
+    # model time one row at a time / one batch, on the same rows, by role: the most that batching
+    # across sessions can gain on this machine (compute-bound models on a CPU gain little)
+    batching_ceiling: dict[str, float] = {}
 
 
 # -- arms ----------------------------------------------------------------------------------------
@@ -234,6 +237,24 @@ def warm_up(cfg: RunConfig, spec: SessionSpec, factory: RuntimeFactory) -> None:
         run_timed(factory(create_run(Path(tmp) / "warm-up", one, [spec], {}), one), [spec], 1)
 
 
+def batching_ceiling(rt: Runtime, specs: list[SessionSpec]) -> dict[str, float]:
+    """Generator and critic on the sessions' first rows, called with all rows at once and one row
+    at a time: their ratio bounds what any batching of those calls can gain here."""
+
+    def ratio(fn, rows):
+        t0 = time.perf_counter()
+        out = fn(rows)
+        batched = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for row in rows:
+            fn([row])
+        return out, (time.perf_counter() - t0) / batched
+
+    images, generator = ratio(rt.generator.fn, [(s.prompt, s.seed) for s in specs])
+    _, critic = ratio(rt.critic.fn, [(s.prompt, image) for s, image in zip(specs, images)])
+    return {"generator": generator, "critic": critic}
+
+
 def run_perf(cfg: RunConfig, specs: list[SessionSpec], out: Path, factory: RuntimeFactory, max_rounds: int,
              models: dict[str, dict] | None = None) -> PerfReport:
     """Time `specs` batched and one at a time (each a run directory under `out`), and one session
@@ -259,7 +280,8 @@ def run_perf(cfg: RunConfig, specs: list[SessionSpec], out: Path, factory: Runti
         batched_sessions_per_second=n / walls["batched"], serial_sessions_per_second=n / walls["serial"],
         speedup=walls["serial"] / walls["batched"], model_busy_seconds=clocks["batched"].seconds,
         outside_model_share=max(0.0, 1 - clocks["batched"].seconds / walls["batched"]), mean_batch=mean_batch,
-        latency_seconds=latency, latency_rounds=len(records[0].rounds))
+        latency_seconds=latency, latency_rounds=len(records[0].rounds),
+        batching_ceiling=batching_ceiling(factory(alone, serial), specs))
     atomic_write(out / "perf.json", report.model_dump_json(indent=2).encode())
     return report
 

@@ -119,6 +119,8 @@ def print_perf(report: PerfReport) -> None:
     table.add_row("speed-up", f"{report.speedup:.2f}x")
     table.add_row("share of wall time outside model calls (batched)", f"{report.outside_model_share:.1%}")
     table.add_row("mean batch (batched)", ", ".join(f"{k} {v:.1f}" for k, v in report.mean_batch.items()))
+    table.add_row("batching ceiling (model time, one row at a time / one batch)",
+                  ", ".join(f"{k} {v:.2f}x" for k, v in report.batching_ceiling.items()))
     table.add_row("latency of one session (the longest of the batch, alone)",
                   f"{report.latency_seconds:.2f} s ({report.latency_rounds} images)")
     console.print(table)

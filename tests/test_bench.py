@@ -112,6 +112,11 @@ def test_perf_at_tiny_scale(tmp_path, factory):
     assert 0 < report.model_busy_seconds <= report.batched_wall_seconds
     assert 0 <= report.outside_model_share < 1 and report.mean_batch["generator"] > 1
     assert 1 <= report.latency_rounds <= 3 and report.latency_seconds > 0
+    rounds = {r.id: len(r.rounds) for r in RunStore.open(tmp_path / "perf" / "perf_batched").sessions()}
+    alone = RunStore.open(tmp_path / "perf" / "perf_latency").session_ids()
+    assert rounds[alone[0]] == max(rounds.values())  # the session that went furthest, timed alone
+    ceiling = report.batching_ceiling
+    assert set(ceiling) == {"generator", "critic"} and all(v > 0 for v in ceiling.values())
     assert json.loads((tmp_path / "perf" / "perf.json").read_text())["sessions"] == 8
     counts = {name: len(RunStore.open(tmp_path / "perf" / name).session_ids())
               for name in ("perf_batched", "perf_serial", "perf_latency")}
@@ -166,7 +171,8 @@ def test_perf_command_prints_its_figures(tmp_path, tiny_run_config):
     result = runner.invoke(app, ["bench", "--perf", "--max-rounds", "1", "--config", str(tiny_run_config),
                                  "--out", str(out)])
     assert result.exit_code == 0, result.output
-    for figure in ("sessions/s, batched", "one session at a time", "speed-up", "outside model calls", "latency"):
+    for figure in ("sessions/s, batched", "one session at a time", "speed-up", "outside model calls", "latency",
+                   "batching ceiling"):
         assert figure in result.output
     perf = json.loads((out / "perf.json").read_text())
     assert perf["sessions"] == 32 and perf["max_rounds"] == 1
