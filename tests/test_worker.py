@@ -54,6 +54,16 @@ def test_rejects_wrong_result_count_and_bad_batch_size():
         BatchedWorker("x", lambda b: b, max_batch=0)
 
 
+def recorder(sizes: list[int]):
+    """An identity model that notes the size of each batch it gets."""
+
+    def record(batch):
+        sizes.append(len(batch))
+        return batch
+
+    return record
+
+
 def test_a_crowd_fills_the_batch_when_sessions_arrive_apart():
     """Sessions reach the model 20 ms apart (store and checkpoint writes in between): a 5 ms idle
     timer would run them one by one; with the crowd, the worker waits until every session in
@@ -61,10 +71,7 @@ def test_a_crowd_fills_the_batch_when_sessions_arrive_apart():
     from model.worker import Crowd
 
     seen = []
-
-    def record(batch):
-        seen.append(len(batch))
-        return batch
+    record = recorder(seen)
 
     async def main():
         crowd = Crowd()
@@ -88,10 +95,7 @@ def test_a_crowd_does_not_wait_past_max_wait_or_for_sessions_away():
     from model.worker import Crowd
 
     seen = []
-
-    def record(batch):
-        seen.append(len(batch))
-        return batch
+    record = recorder(seen)
 
     async def main():
         crowd = Crowd()
