@@ -71,8 +71,16 @@ class Crowd:
         self.active = 0
         self.parked: Counter[str] = Counter()  # session -> its model calls not answered yet
 
-    def session(self, session_id: str) -> _InFlight:
-        return _InFlight(self, session_id)
+    @contextlib.contextmanager
+    def session(self, session_id: str):
+        """One session in flight; the worker calls made inside it are counted as its own."""
+        self.active += 1
+        token = SESSION.set(session_id)
+        try:
+            yield
+        finally:
+            self.active -= 1
+            SESSION.reset(token)
 
     @contextlib.contextmanager
     def away(self):
@@ -84,7 +92,7 @@ class Crowd:
             self.active += 1
 
     def everyone_parked(self) -> bool:
-        return len(+self.parked) >= self.active
+        return len(self.parked) >= self.active
 
     def park(self, session_id: str | None) -> None:
         if session_id is not None:
@@ -95,19 +103,6 @@ class Crowd:
             self.parked[session_id] -= 1
             if self.parked[session_id] <= 0:
                 del self.parked[session_id]
-
-
-class _InFlight:
-    def __init__(self, crowd: Crowd, session_id: str):
-        self.crowd, self.session_id = crowd, session_id
-
-    def __enter__(self) -> None:
-        self.crowd.active += 1
-        self._token = SESSION.set(self.session_id)
-
-    def __exit__(self, *exc) -> None:
-        self.crowd.active -= 1
-        SESSION.reset(self._token)
 
 
 class BatchedWorker:
