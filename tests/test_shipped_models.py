@@ -43,9 +43,8 @@ def critic_shipped() -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not critic_shipped(), reason="no shipped critic in this checkout")
 def test_shipped_critic_reflects_on_rendered_scenes():
-    """No path: the shipped critic. On rendered scenes it was measured (README) to pass most right
-    ones and catch some near misses; these loose bounds catch a broken critic (garbled text parses
-    never; a critic that ignores the image says one verdict for both)."""
+    """No path: the shipped critic. Loose bounds that catch a broken critic: garbled text never
+    parses, and a critic that ignores the image says one verdict for right and wrong scenes alike."""
     import numpy as np
 
     from model.critic.backend import CriticBackendConfig, ShapeWorldCritic
