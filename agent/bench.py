@@ -121,9 +121,12 @@ def create_run(path: Path, cfg: RunConfig, specs: list[SessionSpec], models: dic
 
 def run_timed(rt: Runtime, specs: list[SessionSpec], concurrency: int) -> tuple[list[SessionRecord], float]:
     t0 = time.perf_counter()
-    records = asyncio.run(run_sessions(rt, specs, concurrency))
-    seconds = time.perf_counter() - t0
-    rt.store.write_jsonl()
+    try:
+        records = asyncio.run(run_sessions(rt, specs, concurrency))
+        seconds = time.perf_counter() - t0
+        rt.store.write_jsonl()
+    finally:
+        rt.store.close()  # the run's writer lock: the arm is written
     return records, seconds
 
 

@@ -10,6 +10,11 @@ Every file is written to a temp file in the same folder and renamed over the old
 reader sees the previous version or the next, never half of one. Leftover temp files (after a
 kill -9) start with a dot and end in `.tmp`; readers skip them. A directory without
 manifest.json is not a run. Linux/POSIX only (fcntl, rename over an empty directory).
+
+One writer at a time: `RunStore.create` and `RunStore.open(path, writer=True)` take the run's
+writer lock (agent/lock.py; a second writer gets RunBusy naming the holder's pid) and only then
+sweep the temp files a killed writer left. `RunStore.open(path)` is a reader: it never changes
+the run, and its write methods refuse.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ import numpy as np
 from PIL import Image
 from pydantic import ValidationError
 
+from agent.files import atomic_write, first_problem
+from agent.lock import RunBusy, WriterLock
 from agent.trajectory import RoundRecord, RunManifest, SessionRecord, is_safe_id
 
 MANIFEST = "manifest.json"
@@ -40,33 +47,37 @@ class StoreError(Exception):
     """A run directory that cannot be created, opened, read or written as asked."""
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write via a unique temp file + fsync + os.replace: the old file stays intact on any failure.
-
-    The temp file is created with mode 0o666 minus the umask (mkstemp would leave 0o600)."""
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+__all__ = ["RunBusy", "RunStore", "StoreError", "atomic_write"]
 
 
 class RunStore:
-    """A run directory. Build with `RunStore.create(path, manifest)` or `RunStore.open(path)`.
+    """A run directory. Build with `RunStore.create(path, manifest)` (a writer),
+    `RunStore.open(path, writer=True)` or `RunStore.open(path)` (a reader). A writer holds the
+    run's lock until `close()` (or a `with` block, or the process) ends.
 
     One session is written by one graph execution at a time (the runner's contract); different
-    sessions may be written concurrently, by threads or processes."""
+    sessions may be written concurrently by the writer's tasks and threads."""
 
-    def __init__(self, root: Path, manifest: RunManifest):
+    def __init__(self, root: Path, manifest: RunManifest, lock: WriterLock | None = None):
         self.root = root
         self.manifest = manifest
+        self._lock_held = lock
         self._jsonl_at = float("-inf")  # monotonic time of this store's last sessions.jsonl
+
+    @property
+    def writer(self) -> bool:
+        return self._lock_held is not None and self._lock_held.held
+
+    def close(self) -> None:
+        """Release the writer lock (a reader has nothing to release). Idempotent."""
+        if self._lock_held is not None:
+            self._lock_held.release()
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # -- the run directory ---------------------------------------------------------------------
 
@@ -75,10 +86,11 @@ class RunStore:
         """Make a new run at `path` (absent or an empty directory). The tree is built in a temp
         directory beside it and renamed into place, so `path` is a complete run or nothing."""
         root = Path(path).absolute()
-        tmp = None
+        tmp = lock = None
         try:
             if (root / MANIFEST).exists():
-                raise StoreError(f"{root} is already a refloop run; open it with RunStore.open")
+                raise StoreError(f"{root} is already a refloop run; finish it with `refloop run --resume {root}` "
+                                 "or choose another --out")
             if root.exists() and (not root.is_dir() or any(root.iterdir())):
                 raise StoreError(f"{root} exists and is not a refloop run; choose a new or empty directory")
             root.parent.mkdir(parents=True, exist_ok=True)
@@ -87,32 +99,50 @@ class RunStore:
             tmp = name
             (tmp / "images").mkdir()
             (tmp / "sessions").mkdir()
+            lock = WriterLock(tmp)  # held from before the run exists: no one else can write it first
             atomic_write(tmp / MANIFEST, manifest.model_dump_json(indent=2).encode())
             os.replace(tmp, root)  # POSIX: replaces an empty directory, fails on a non-empty one
+            lock.root = root
         except OSError as e:
+            if lock is not None:
+                lock.release()
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
-            raise StoreError(f"cannot create a run at {root}: {e.strerror or e}") from e
-        return cls(root, manifest)
+            raise StoreError(f"cannot create a run at {root}: {(e.strerror or str(e)).lower()}") from e
+        return cls(root, manifest, lock)
 
     @classmethod
-    def open(cls, path: str | Path) -> RunStore:
+    def open(cls, path: str | Path, writer: bool = False) -> RunStore:
+        """A reader of the run at `path`, or with `writer=True` its one writer (RunBusy when
+        another process writes it). Only a writer sweeps the temp files a killed writer left."""
         root = Path(path).absolute()
+        if not root.exists():
+            raise StoreError(f"no run at {root}: it does not exist")
         if not root.is_dir():
             raise StoreError(f"no run at {root}: not a directory")
         if not (root / MANIFEST).is_file():
             raise StoreError(f"{root} is not a refloop run (no {MANIFEST})")
+        lock = WriterLock(root) if writer else None
         try:
-            manifest = RunManifest.model_validate_json((root / MANIFEST).read_bytes())
-        except (OSError, ValidationError) as e:
-            raise StoreError(f"invalid manifest {root / MANIFEST}: {e}") from e
-        store = cls(root, manifest)
-        store._sweep_temp_files()
+            try:
+                manifest = RunManifest.model_validate_json((root / MANIFEST).read_bytes())
+            except OSError as e:
+                raise StoreError(f"cannot read {root / MANIFEST}: {(e.strerror or str(e)).lower()}") from None
+            except ValidationError as e:
+                raise StoreError(f"{root / MANIFEST} is not a valid run manifest ({first_problem(e)})") from None
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        store = cls(root, manifest, lock)
+        if writer:
+            store._sweep_temp_files()
         return store
 
     def _sweep_temp_files(self) -> None:
-        """Remove half-written temp files that a killed writer left behind. A run has one
-        writer at a time (its runner), so nothing in flight is touched."""
+        """Remove half-written temp files that a killed writer left behind; only the writer,
+        under the run's lock, calls this, so no temp file in flight is touched."""
+        self._writable()
         for sub in ("sessions", "images", "."):
             folder = self.root / sub
             if folder.is_dir():
@@ -130,6 +160,7 @@ class RunStore:
         if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
             raise StoreError(f"put_image wants an (H, W, 3) uint8 array, got {getattr(image, 'shape', type(image))} "
                              f"{getattr(image, 'dtype', '')}")
+        self._writable()
         pixels = np.ascontiguousarray(image)
         digest = hashlib.sha256(f"{pixels.shape[0]}x{pixels.shape[1]}x3:".encode() + pixels.tobytes()).hexdigest()
         rel = f"images/{digest[:2]}/{digest}.png"
@@ -165,6 +196,7 @@ class RunStore:
 
     def start_session(self, record: SessionRecord) -> SessionRecord:
         """Record a new session. Idempotent: if it exists, the stored record is returned unchanged."""
+        self._writable()
         path = self._session_path(record.id)
         if path.exists():
             return self.get(record.id)
@@ -225,7 +257,7 @@ class RunStore:
         except OSError as e:
             raise StoreError(f"cannot read session record {path}: {e}") from e
         except ValidationError as e:
-            raise StoreError(f"invalid session record {path}: {e}") from e
+            raise StoreError(f"session record {path} is not valid ({first_problem(e)})") from None
 
     def session_ids(self) -> list[str]:
         """Ids of every session, sorted."""
@@ -253,6 +285,7 @@ class RunStore:
 
         It reads and writes every session (O(run size)). A file lock serialises writers, so the
         last one to write has read every session written before it."""
+        self._writable()
         self._jsonl_at = time.monotonic()
         with self._lock():
             lines = [s.model_dump_json() + "\n" for s in self.sessions()]
@@ -268,7 +301,13 @@ class RunStore:
                              "no leading dot, at most 200 characters")
         return self.root / "sessions" / f"{session_id}.json"
 
+    def _writable(self) -> None:
+        if not self.writer:
+            raise StoreError(f"run {self.root} was opened for reading; only its writer (refloop run, "
+                             "run --resume, replay) changes it")
+
     def _write(self, record: SessionRecord) -> None:
+        self._writable()
         atomic_write(self._session_path(record.id), record.model_dump_json(indent=1).encode())
 
     @contextmanager
@@ -279,4 +318,5 @@ class RunStore:
             yield
         finally:
             os.close(fd)  # releases the lock
+
 

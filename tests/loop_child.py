@@ -31,7 +31,7 @@ class ImageHashCritic:
 
 def main(model_dir: str, run_dir: str, n: int, width: int = 1) -> None:
     try:
-        store = RunStore.open(run_dir)
+        store = RunStore.open(run_dir, writer=True)
     except StoreError:
         store = RunStore.create(run_dir, RunManifest(run_id="kill", created_at=time.time(), seed=0,
                                                      refloop_version="test"))

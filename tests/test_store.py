@@ -42,7 +42,7 @@ def session(sid="s1", **kw) -> SessionRecord:
 def test_create_then_open_round_trips_the_manifest(tmp_path):
     created = RunStore.create(tmp_path / "run", manifest())
     root = tmp_path / "run"
-    assert sorted(p.name for p in root.iterdir()) == ["images", "manifest.json", "sessions"]
+    assert sorted(p.name for p in root.iterdir()) == [".writer", "images", "manifest.json", "sessions"]
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no temp dir left beside it
     opened = RunStore.open(root)
     assert opened.manifest == created.manifest == manifest()
@@ -94,18 +94,21 @@ def test_a_failed_create_leaves_nothing_that_looks_like_a_run(tmp_path, monkeypa
         real_replace(src, dst)
 
     monkeypatch.setattr(store_mod.os, "replace", fail_on_dir)
-    with pytest.raises(StoreError, match="No space left"):
+    with pytest.raises(StoreError, match="no space left"):
         RunStore.create(tmp_path / "run", manifest())
     assert os.listdir(tmp_path) == []
 
 
 def test_open_refuses_what_is_not_a_run(tmp_path):
-    with pytest.raises(StoreError, match="not a directory"):
+    with pytest.raises(StoreError, match="does not exist"):
         RunStore.open(tmp_path / "nope")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError, match="not a directory"):
+        RunStore.open(tmp_path / "file")
     with pytest.raises(StoreError, match="is not a refloop run"):
         RunStore.open(tmp_path)
     (tmp_path / "manifest.json").write_text("{not json")
-    with pytest.raises(StoreError, match="invalid manifest"):
+    with pytest.raises(StoreError, match="not a valid run manifest"):
         RunStore.open(tmp_path)
     (tmp_path / "manifest.json").write_text(manifest().model_copy(update={"schema_version": 99}).model_dump_json())
     with pytest.raises(StoreError, match="schema_version 99, newer than this refloop reads"):
