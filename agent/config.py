@@ -7,13 +7,13 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from model.backends import CriticConfig, HFVLMJudgeConfig, ImageConfig, ShapeWorldCriticConfig, ShapeWorldImage
-from model.shapeworld.config import read_yaml
+from model.backends import CriticConfig, HFVLMJudgeConfig, ImageConfig, UnifiedBackendConfig
+from model.recipe import read_yaml
 from policies.search import SearchPolicy
 from policies.stop import StopPolicy
 from rewards.learned import LearnedRewardConfig
 
-JudgeConfig = Annotated[HFVLMJudgeConfig | LearnedRewardConfig, Field(discriminator="kind")]
+JudgeConfig = Annotated[HFVLMJudgeConfig | LearnedRewardConfig | UnifiedBackendConfig, Field(discriminator="kind")]
 
 
 class Strict(BaseModel):
@@ -21,9 +21,9 @@ class Strict(BaseModel):
 
 
 class Models(Strict):
-    image: ImageConfig = ShapeWorldImage()  # generator and editor; kind: shapeworld (default) | diffusers
-    critic: CriticConfig = ShapeWorldCriticConfig()  # kind: shapeworld (default) | hf_vlm
-    judge: JudgeConfig | None = None  # kind: hf_vlm | learned; used when search.judge is "model"
+    image: ImageConfig = UnifiedBackendConfig()  # generator and editor; kind: unified (default) | diffusers
+    critic: CriticConfig = UnifiedBackendConfig()  # kind: unified (default) | hf_vlm
+    judge: JudgeConfig | None = None  # kind: unified | hf_vlm | learned; used when search.judge is "model"
 
 
 class RunConfig(Strict):
@@ -37,7 +37,7 @@ class RunConfig(Strict):
     @model_validator(mode="after")
     def _model_judge(self) -> RunConfig:
         if self.search.judge == "model" and self.models.judge is None:
-            raise ValueError("search.judge 'model' needs a judge in models.judge (kind: learned or hf_vlm)")
+            raise ValueError("search.judge 'model' needs a judge in models.judge (kind: unified, learned or hf_vlm)")
         return self
 
     @classmethod

@@ -1,12 +1,12 @@
 """Model backends chosen by YAML: `kind` picks the backend of each role, the rest configures it.
 
     models:
-      image:  {kind: diffusers, path: /models/sd, edit_path: /models/ip2p}   # or kind: shapeworld (the default)
-      critic: {kind: hf_vlm, path: /models/llava}                          # or kind: shapeworld (the default)
-      judge:  {kind: hf_vlm, path: /models/llava}
+      image:  {kind: diffusers, path: /models/sd, edit_path: /models/ip2p}   # or kind: unified (the default)
+      critic: {kind: hf_vlm, path: /models/llava}                          # or kind: unified (the default)
+      judge:  {kind: hf_vlm, path: /models/llava}                          # or kind: unified, or learned
 
-A role without `kind` is the embedded ShapeWorld model, so configs written before backends existed
-still load. Each `load_*` builds the backend its config names; a missing folder raises
+A role without `kind` is the embedded unified model (one network draws, edits, reflects and judges).
+`kind: shapeworld` names the earlier embedded models (latent diffusion + LLaVA critic). Each `load_*` builds the backend its config names; a missing folder raises
 FileNotFoundError naming it.
 """
 
@@ -20,6 +20,7 @@ from model.backends.diffusers_image import DiffusersImageConfig, DiffusersImageM
 from model.backends.hf_vlm import HFVLMCritic, HFVLMCriticConfig, HFVLMJudge, HFVLMJudgeConfig
 from model.critic.backend import CriticBackendConfig, ShapeWorldCritic
 from model.roles import Critic, Editor, Generator, Judge
+from model.unified.config import UnifiedBackendConfig
 from model.shapeworld.backend import ShapeWorldImageConfig, ShapeWorldImageModel
 
 
@@ -45,35 +46,49 @@ def kind_or(default: str):
 
 
 ImageConfig = Annotated[
-    Annotated[ShapeWorldImage, Tag("shapeworld")] | Annotated[DiffusersImageConfig, Tag("diffusers")],
-    kind_or("shapeworld"),
+    Annotated[UnifiedBackendConfig, Tag("unified")] | Annotated[ShapeWorldImage, Tag("shapeworld")]
+    | Annotated[DiffusersImageConfig, Tag("diffusers")],
+    kind_or("unified"),
 ]
 CriticConfig = Annotated[
-    Annotated[ShapeWorldCriticConfig, Tag("shapeworld")] | Annotated[HFVLMCriticConfig, Tag("hf_vlm")],
-    kind_or("shapeworld"),
+    Annotated[UnifiedBackendConfig, Tag("unified")] | Annotated[ShapeWorldCriticConfig, Tag("shapeworld")]
+    | Annotated[HFVLMCriticConfig, Tag("hf_vlm")],
+    kind_or("unified"),
 ]
-JudgeConfig = HFVLMJudgeConfig  # one kind so far (hf_vlm); the exact verifier is chosen by search.judge
+JudgeConfig = HFVLMJudgeConfig | UnifiedBackendConfig  # the exact verifier is chosen by search.judge
 
 
-def load_image_model(cfg: ShapeWorldImageConfig | DiffusersImageConfig) -> Generator | Editor:
+def _unified(cfg: UnifiedBackendConfig):
+    from model.unified.backend import UnifiedRoles  # torch and transformers: only when used
+
+    return UnifiedRoles(cfg)
+
+
+def load_image_model(cfg) -> Generator | Editor:
     """The generator/editor (one object, both roles) a config names."""
+    if isinstance(cfg, UnifiedBackendConfig):
+        return _unified(cfg)
     if isinstance(cfg, DiffusersImageConfig):
         return DiffusersImageModel(cfg)
     return ShapeWorldImageModel(cfg)
 
 
-def load_critic(cfg: CriticBackendConfig | HFVLMCriticConfig) -> Critic:
+def load_critic(cfg) -> Critic:
+    if isinstance(cfg, UnifiedBackendConfig):
+        return _unified(cfg)
     if isinstance(cfg, HFVLMCriticConfig):
         return HFVLMCritic(cfg)
     return ShapeWorldCritic(cfg)
 
 
-def load_judge(cfg: HFVLMJudgeConfig) -> Judge:
+def load_judge(cfg) -> Judge:
+    if isinstance(cfg, UnifiedBackendConfig):
+        return _unified(cfg)
     return HFVLMJudge(cfg)
 
 
 __all__ = [
     "CriticConfig", "DiffusersImageConfig", "DiffusersImageModel", "HFVLMCritic", "HFVLMCriticConfig", "HFVLMJudge",
-    "HFVLMJudgeConfig", "ImageConfig", "JudgeConfig", "ShapeWorldCriticConfig", "ShapeWorldImage", "load_critic",
+    "HFVLMJudgeConfig", "ImageConfig", "JudgeConfig", "ShapeWorldCriticConfig", "ShapeWorldImage", "UnifiedBackendConfig", "load_critic",
     "load_image_model", "load_judge",
 ]

@@ -1,0 +1,48 @@
+"""The unified model behind the loop's roles: generator, editor, critic and judge are one network
+(loaded once per folder and device, shared by the roles' worker threads, one call at a time)."""
+
+from __future__ import annotations
+
+import threading
+from functools import lru_cache
+import numpy as np
+
+from model.unified.bundle import DEFAULT_MODEL, Sampling, UnifiedModel
+from model.unified.config import UnifiedBackendConfig
+
+
+@lru_cache(maxsize=4)
+def _shared(path: str | None, device: str) -> tuple[UnifiedModel, threading.Lock]:
+    return UnifiedModel.load(path, device), threading.Lock()
+
+
+class UnifiedRoles:
+    """One object, every role; `path` names the folder for the run manifest."""
+
+    def __init__(self, cfg: UnifiedBackendConfig):
+        self.cfg = cfg
+        self.path = cfg.path or str(DEFAULT_MODEL)
+        self.model, self._lock = _shared(cfg.path, cfg.device)
+        self.sampling = Sampling(guidance=cfg.guidance, temperature=cfg.temperature, top_k=cfg.top_k)
+
+    def _call(self, fn, *args):
+        with self._lock:
+            self.model.sampling = self.sampling
+            return fn(*args)
+
+    def generate(self, prompts: list[str], seeds: list[int]) -> list[np.ndarray]:
+        return self._call(self.model.draw, prompts, seeds)
+
+    def edit(self, images: list[np.ndarray], instructions: list[str], seeds: list[int]) -> list[np.ndarray]:
+        return self._call(self.model.edit, images, instructions, seeds)
+
+    def revise(self, prompts: list[str], images: list[np.ndarray], instructions: list[str],
+               seeds: list[int]) -> list[np.ndarray]:
+        return self._call(self.model.revise, prompts, images, instructions, seeds)
+
+    def critique(self, prompts: list[str], images: list[np.ndarray]) -> list[str]:
+        return self._call(self.model.reflect, prompts, images)[0]
+
+    def score(self, prompts: list[str], images: list[np.ndarray]) -> list[float]:
+        """The judge: probability of the verdict "right" in the model's own reflection (0 without a verdict)."""
+        return [0.0 if p is None else p for p in self._call(self.model.reflect, prompts, images)[1]]

@@ -1,0 +1,94 @@
+"""The unified model as one local folder: the LM and its tokenizer (transformers save_pretrained)
+and the image tokenizer in vq/ (diffusers). What it does is four plain token sequences: draw,
+reflect, revise, edit (see sequences.py). Pure inference: nothing here reads the world's parser."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.unified.sampling import sample_image_codes, write_reflections
+from model.unified.sequences import Layout
+from model.unified.vq import decode, encode
+
+DEFAULT_MODEL = Path(__file__).parent / "weights"
+
+
+@dataclass
+class Sampling:
+    guidance: float = 1.5  # classifier-free guidance of drawings (1: none)
+    temperature: float = 1.0
+    top_k: int = 0
+
+
+class UnifiedModel:
+    def __init__(self, lm, tokenizer, vq, sampling: Sampling | None = None):
+        self.lm, self.tok, self.vq = lm.eval(), tokenizer, vq.eval()
+        self.layout = Layout(tokenizer)
+        self.sampling = sampling or Sampling()
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, device: str = "cpu", sampling: Sampling | None = None):
+        from diffusers import VQModel
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = Path(path) if path else DEFAULT_MODEL
+        for need in ("config.json", "tokenizer.json", "vq/config.json"):
+            if not (path / need).is_file():
+                raise FileNotFoundError(f"{path} is not a unified model folder (no {need}); train one with "
+                                        "`refloop world train unified` or give the folder it wrote")
+        lm = AutoModelForCausalLM.from_pretrained(path).to(device)
+        vq = VQModel.from_pretrained(path / "vq").to(device)
+        return cls(lm, AutoTokenizer.from_pretrained(path), vq, sampling)
+
+    def save(self, path: Path, extra_files: dict[str, str] | None = None) -> Path:
+        """Written beside, then swapped in: a reader never sees half a model."""
+        tmp = path.with_name(f".{path.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.lm.save_pretrained(tmp)
+        self.tok.save_pretrained(tmp)
+        self.vq.save_pretrained(tmp / "vq")
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        old = path.with_name(f".{path.name}.old")
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    # the four tasks, batched
+    def draw_codes(self, prompts: list[str], seeds: list[int], guidance: float | None = None) -> torch.Tensor:
+        s = self.sampling
+        return sample_image_codes(self.lm, self.layout, [self.layout.draw_prefix(p) for p in prompts], seeds,
+                                  uncond_prefixes=[self.layout.draw_prefix(None)] * len(prompts),
+                                  guidance=s.guidance if guidance is None else guidance,
+                                  temperature=s.temperature, top_k=s.top_k)
+
+    def draw(self, prompts: list[str], seeds: list[int], guidance: float | None = None) -> list[np.ndarray]:
+        return list(decode(self.vq, self.draw_codes(prompts, seeds, guidance)))
+
+    def reflect(self, prompts: list[str], images: list[np.ndarray]) -> tuple[list[str], list[float | None]]:
+        codes = encode(self.vq, np.stack(images)).tolist()
+        return write_reflections(self.lm, self.layout,
+                                 [self.layout.reflect_prefix(p, c) for p, c in zip(prompts, codes)])
+
+    def revise(self, prompts: list[str], images: list[np.ndarray], instructions: list[str],
+               seeds: list[int]) -> list[np.ndarray]:
+        prefixes = [self.layout.revise_prefix(p, i) for p, i in zip(prompts, instructions)]
+        return self._transform(prefixes, images, seeds)
+
+    def edit(self, images: list[np.ndarray], instructions: list[str], seeds: list[int]) -> list[np.ndarray]:
+        return self._transform([self.layout.edit_prefix(i) for i in instructions], images, seeds)
+
+    def _transform(self, prefixes: list[list[int]], images: list[np.ndarray], seeds: list[int]) -> list[np.ndarray]:
+        sources = encode(self.vq, np.stack(images))
+        s = self.sampling
+        codes = sample_image_codes(self.lm, self.layout, prefixes, seeds, sources=sources,
+                                   temperature=s.temperature, top_k=s.top_k)
+        return list(decode(self.vq, codes))

@@ -1,0 +1,68 @@
+"""The unified model's recipe (configs/unified.yaml): VQ tokenizer, then the LM, then rounds of
+reflection data from the model's own images. One pydantic schema, every key validated."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from model.recipe import Strict, YamlConfig
+
+
+class VQConfig(Strict):
+    block_out_channels: tuple[int, ...] = (16, 32, 64, 64)  # three downsamplings: 64x64 -> 8x8 codes
+    layers_per_block: int = Field(1, ge=1)
+    latent_channels: int = Field(32, ge=1)
+    norm_num_groups: int = Field(8, ge=1)
+    num_codes: int = Field(512, ge=2)
+    vq_embed_dim: int = Field(16, ge=1)
+    steps: int = Field(3000, ge=0)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    ink_weight: float = Field(5.0, ge=1)  # non-white pixels count this much more: shapes are a small share
+    reseed_every: int = Field(100, ge=1)  # codes unused for this many steps restart at an encoder output
+
+
+class LMConfig(Strict):
+    hidden_size: int = Field(160, ge=16)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(5, ge=1)
+    intermediate_size: int = Field(512, ge=16)
+    max_positions: int = Field(256, ge=64)
+    steps: int = Field(7000, ge=0)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    warmup: int = Field(200, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    prompt_dropout: float = Field(0.1, ge=0, le=1)  # drawing without its prompt: the unconditional branch of CFG
+    # share of each task in the stream (normalised)
+    mix: dict[str, float] = {"draw": 0.45, "reflect": 0.25, "revise": 0.2, "edit": 0.1}
+
+
+class SelfPlayConfig(Strict):
+    """The OmniGen2 way: the model's own drawings and revisions, labelled by the verifier, mixed back in."""
+    rounds: int = Field(1, ge=0)
+    images: int = Field(1536, ge=0)  # own drawings per round
+    steps: int = Field(800, ge=0)  # training steps per round
+    own_share: float = Field(0.5, ge=0, le=1)  # share of batches made of own images (the rest: the synthetic mix)
+    lr: float = Field(5e-4, gt=0)
+    guidance: float = Field(1.5, ge=0)
+
+
+class UnifiedConfig(YamlConfig):
+    seed: int = 0
+    vq: VQConfig = VQConfig()
+    lm: LMConfig = LMConfig()
+    selfplay: SelfPlayConfig = SelfPlayConfig()
+
+
+class UnifiedBackendConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["unified"] = "unified"
+    path: str | None = None  # None: the shipped weights
+    device: str = "cpu"
+    guidance: float = Field(1.5, ge=0, allow_inf_nan=False)  # classifier-free guidance of drawings
+    temperature: float = Field(1.0, ge=0, le=10, allow_inf_nan=False)
+    top_k: int = Field(0, ge=0)

@@ -1,0 +1,108 @@
+"""Decoding of the unified LM with `generate`: image spans constrained by a logits processor (only
+image codes inside an image, the source's codes where a revision copies them, <eoi> at the end),
+classifier-free guidance between paired rows of one batch (one KV-cached forward for both), and
+per-row seeded sampling, so a session's image does not depend on what it was batched with."""
+
+from __future__ import annotations
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from model.unified.sequences import Layout, positions
+from model.unified.vocab import CODE0
+
+IMAGE_CODES = 64
+
+
+class ImageSpanSampler(LogitsProcessor):
+    """Chooses every token of an image span itself and returns one-hot scores (generate runs greedy).
+
+    Rows [0, n) are the conditional rows; with guidance != 1, rows [n, 2n) are their unconditional
+    twins and take the same tokens. `sources` (n, 64) makes the span interleaved: s1 t1 s2 t2 ...
+    """
+
+    def __init__(self, start: int, n: int, num_codes: int, eoi: int, seeds: list[int], guidance: float = 1.0,
+                 temperature: float = 1.0, top_k: int = 0, sources: torch.Tensor | None = None):
+        self.start, self.n, self.num_codes, self.eoi = start, n, num_codes, eoi
+        self.guidance, self.temperature, self.top_k, self.sources = guidance, temperature, top_k, sources
+        self.length = IMAGE_CODES * (2 if sources is not None else 1)
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        t = input_ids.shape[1] - self.start
+        chosen = torch.full((self.n,), self.eoi, dtype=torch.long)
+        if t < self.length and self.sources is not None and t % 2 == 0:
+            chosen = self.sources[:, t // 2].cpu() + CODE0
+        elif t < self.length:
+            logits = scores[:, CODE0:CODE0 + self.num_codes].float().log_softmax(-1)
+            if self.guidance != 1.0 and logits.shape[0] == 2 * self.n:
+                cond, uncond = logits[:self.n], logits[self.n:]
+                logits = uncond + self.guidance * (cond - uncond)
+            chosen = self._sample(logits[:self.n]) + CODE0
+        out = torch.full_like(scores, float("-inf"))
+        rows = chosen.to(scores.device).repeat(scores.shape[0] // self.n)
+        out[torch.arange(scores.shape[0], device=scores.device), rows] = 0.0
+        return out
+
+    def _sample(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.temperature == 0:
+            return logits.argmax(-1).cpu()
+        logits = logits / self.temperature
+        if self.top_k:
+            kth = logits.topk(min(self.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = logits.softmax(-1).cpu()
+        return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self.generators)])
+
+
+def left_pad(layout: Layout, rows: list[list[int]], device) -> dict[str, torch.Tensor]:
+    n = max(map(len, rows))
+    ids = torch.full((len(rows), n), layout.pad)
+    mask = torch.zeros((len(rows), n), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, n - len(r):], mask[i, n - len(r):] = torch.tensor(r), 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+@torch.inference_mode()
+def sample_image_codes(model, layout: Layout, prefixes: list[list[int]], seeds: list[int], *,
+                       uncond_prefixes: list[list[int]] | None = None, guidance: float = 1.0,
+                       sources: torch.Tensor | None = None, temperature: float = 1.0, top_k: int = 0) -> torch.Tensor:
+    """Codes (n, 64) of the images that follow each prefix (a draw, a revision or an edit)."""
+    n = len(prefixes)
+    rows = prefixes + (uncond_prefixes if guidance != 1.0 and uncond_prefixes else [])
+    device = next(model.parameters()).device
+    batch = left_pad(layout, rows, device)
+    start = batch["input_ids"].shape[1]
+    sampler = ImageSpanSampler(start, n, layout.num_codes, layout.eoi,
+                               seeds, guidance, temperature, top_k, sources)
+    out = model.generate(**batch, logits_processor=LogitsProcessorList([sampler]), do_sample=False,
+                         max_new_tokens=sampler.length + 1, min_new_tokens=sampler.length + 1,
+                         eos_token_id=layout.eoi, pad_token_id=layout.pad)
+    span = out[:n, start:start + sampler.length]
+    return (span[:, 1::2] if sources is not None else span) - CODE0
+
+
+@torch.inference_mode()
+def write_reflections(model, layout: Layout, prefixes: list[list[int]], max_new_tokens: int = 96):
+    """Greedy reflections after each prefix; returns (texts, P(verdict right) per row or None)."""
+    from model.unified.vocab import detokenize
+
+    device = next(model.parameters()).device
+    batch = left_pad(layout, prefixes, device)
+    start = batch["input_ids"].shape[1]
+    room = model.config.max_position_embeddings - start
+    out = model.generate(**batch, do_sample=False, max_new_tokens=min(max_new_tokens, room),
+                         suppress_tokens=layout.not_text, eos_token_id=layout.eos, pad_token_id=layout.pad,
+                         output_logits=True, return_dict_in_generate=True)
+    new = out.sequences[:, start:]
+    texts, p_right = [], []
+    for i, row in enumerate(new.tolist()):
+        texts.append(detokenize(layout.tok.decode(row, skip_special_tokens=True)))
+        p_right.append(None)
+        for k in range(2, len(row)):
+            if row[k - 2] == layout.verdict_word and row[k - 1] == layout.colon:
+                two = out.logits[k][i, [layout.right_word, layout.wrong_word]].float().softmax(-1)
+                p_right[-1] = float(two[0])
+                break
+    return texts, p_right

@@ -1,0 +1,67 @@
+"""Reflection data the OmniGen2 way: the model draws training prompts, the world's verifier labels
+its own images (what is there, what is wrong, which edit fixes it, the corrected scene), and the
+reflections and revisions on them are mixed back into training."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from model.unified.bundle import UnifiedModel
+from model.unified.tasks import train_prompt
+from model.unified.vq import encode
+from policies.critique import REGENERATE, label_critique
+from world import apply_edit, check_scene, parse_image, render
+from world.edits import EditError, scene_from_parsed
+from world.synth import PlacementError
+
+
+def own_rows(model: UnifiedModel, n_images: int, guidance: float, seed: int, batch: int = 64,
+             log=print) -> tuple[list[tuple[list[int], list[int]]], dict]:
+    """Token rows (reflect on every own image, revise every repairable wrong one) and their stats."""
+    rng = np.random.default_rng([seed, 5])
+    rows, right, revisions = [], 0, 0
+    for b in range(0, n_images, batch):
+        prompts = [train_prompt(rng) for _ in range(min(batch, n_images - b))]
+        seeds = [int(s) for s in rng.integers(2**31, size=len(prompts))]
+        images = model.draw(prompts, seeds, guidance)
+        codes = encode(model.vq, np.stack(images)).tolist()  # what the critic will see: the image re-encoded
+        for prompt, image, source in zip(prompts, images, codes):
+            parsed = parse_image(image)
+            critique = label_critique(prompt, parsed.objects, parsed.blobs)
+            rows.append(model.layout.example("reflect", prompt, source, None, critique.text))
+            right += critique.verdict == "right"
+            target = _repaired(prompt, parsed, critique.instruction, rng)
+            if target is not None:
+                fixed = encode(model.vq, render([target])).tolist()[0]
+                rows.append(model.layout.example("revise", prompt, source, fixed, critique.instruction))
+                revisions += 1
+        log(f"self-play: {b + len(prompts)}/{n_images} own images, {right} right, {revisions} revisions")
+    return rows, {"images": n_images, "right": right, "revisions": revisions}
+
+
+def _repaired(prompt: str, parsed, instruction: str | None, rng: np.random.Generator):
+    """The corrected scene that keeps what was right: the fixing edit applied to what was read."""
+    if instruction in (None, REGENERATE) or parsed.blobs:
+        return None
+    scene = scene_from_parsed(parsed.objects)
+    if scene is None:
+        return None
+    try:
+        fixed = apply_edit(scene, instruction, rng)
+    except (EditError, PlacementError, ValueError):
+        return None
+    return fixed if check_scene(prompt, fixed).ok else None
+
+
+def mixed_batch(rows: list, own_share: float, seed: int, step: int, synthetic, layout, batch_size: int) -> dict:
+    rng = np.random.default_rng([seed, 6, step])
+    if rows and rng.random() < own_share:
+        return layout.collate([rows[i] for i in rng.choice(len(rows), size=batch_size)])
+    return synthetic(step)
+
+
+def save_rows(path, rows, stats) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"rows": rows, "stats": stats}, tmp)
+    tmp.replace(path)

@@ -1,0 +1,62 @@
+"""`refloop world train unified`: the whole recipe, stage by stage, each resumable from its
+checkpoint in the work folder (rerun the same command after a kill):
+
+1. the VQ image tokenizer on rendered scenes;
+2. the word tokenizer and the LM on the synthetic task stream (draw, reflect, revise, edit);
+3. rounds of self-play: the model's own drawings labelled by the verifier, mixed back in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from model.recipe import pick_device, pin_config, training_record
+from model.unified.bundle import DEFAULT_MODEL, Sampling, UnifiedModel
+from model.unified.config import UnifiedConfig
+from model.unified.selfplay import mixed_batch, own_rows, save_rows
+from model.unified.sequences import Layout
+from model.unified.train_lm import build_lm, synthetic_batch, train_lm
+from model.unified.vocab import build_tokenizer, corpus
+from model.unified.vq import train_vq
+
+
+def train_unified(cfg: UnifiedConfig, work: Path, export: Path | None = None, device: str | None = None,
+                  log=print) -> Path:
+    from transformers import AutoTokenizer
+
+    dev = pick_device(device)
+    work.mkdir(parents=True, exist_ok=True)
+    pin_config(work / "config.json", cfg)
+    torch.manual_seed(cfg.seed)
+    vq, vq_record = train_vq(cfg.vq, cfg.seed, work, dev, log)
+    if not (work / "tokenizer" / "tokenizer.json").is_file():
+        build_tokenizer(cfg.vq.num_codes, corpus()).save_pretrained(work / "tokenizer")
+    tok = AutoTokenizer.from_pretrained(work / "tokenizer")
+    layout = Layout(tok)
+    torch.manual_seed(cfg.seed)
+    lm = build_lm(cfg.lm, len(tok), tok)
+    synthetic = lambda k: synthetic_batch(cfg.seed, k, cfg.lm, vq, layout)  # noqa: E731
+    lm_cfg = cfg.lm
+    stages = {"vq": vq_record}
+    stages["lm"] = train_lm(lm, synthetic, steps=lm_cfg.steps, lr=lm_cfg.lr, warmup=lm_cfg.warmup,
+                            weight_decay=lm_cfg.weight_decay, state=work / "lm.pt", name="lm", device=dev, log=log)
+    sp = cfg.selfplay
+    for r in range(sp.rounds):
+        data = work / f"selfplay{r}-data.pt"
+        if not data.is_file():
+            model = UnifiedModel(lm, tok, vq, Sampling(guidance=sp.guidance))
+            rows, stats = own_rows(model, sp.images, sp.guidance, cfg.seed + r, log=log)
+            save_rows(data, rows, stats)
+        saved = torch.load(data, weights_only=False)
+        offset = lm_cfg.steps + r * sp.steps  # fresh synthetic batches, never the ones seen before
+        batches = lambda k, rows=saved["rows"], offset=offset: mixed_batch(  # noqa: E731
+            rows, sp.own_share, cfg.seed + r, k, lambda j: synthetic(offset + j), layout, lm_cfg.batch_size)
+        record = train_lm(lm, batches, steps=sp.steps, lr=sp.lr, warmup=0, weight_decay=lm_cfg.weight_decay,
+                          state=work / f"selfplay{r}.pt", name=f"self-play {r + 1}", device=dev, log=log)
+        stages[f"selfplay{r + 1}"] = {**record, **saved["stats"]}
+    out = export or DEFAULT_MODEL
+    UnifiedModel(lm, tok, vq).save(out)
+    training_record(out / "training.json", cfg, stages)
+    return out

@@ -1,0 +1,53 @@
+"""The unified model's tokenizer, built offline with `tokenizers`: special tokens, one token per
+image code, and the words of prompts, edits and reflections (whitespace and punctuation split)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+SPECIALS = ("<pad>", "<unk>", "<eos>", "<draw>", "<reflect>", "<revise>", "<edit>", "<boi>", "<eoi>", "<sep>")
+CODE0 = len(SPECIALS)  # id of image code 0; code c is CODE0 + c
+
+
+def code_token(c: int) -> str:
+    return f"<c{c}>"
+
+
+def corpus(n: int = 3000, seed: int = 12345) -> list[str]:
+    """Texts the model reads or writes: prompts of every split, edits, reflections."""
+    from model.unified.tasks import make_examples
+    from world import suite
+
+    rng = np.random.default_rng(seed)
+    texts = [item.prompt for split in ("train", "dev", "test") for item in suite(split, 50)]
+    for task in ("reflect", "revise", "edit"):
+        for ex in make_examples(task, rng, n):
+            texts += [ex.text, ex.critique or ""]
+    return texts
+
+
+def build_tokenizer(num_codes: int, texts: list[str]):
+    """A PreTrainedTokenizerFast over a WordLevel model; save_pretrained / AutoTokenizer round-trip."""
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    split = pre_tokenizers.Whitespace()
+    words = sorted({w for t in texts for w, _ in split.pre_tokenize_str(t)})
+    vocab = {tok: i for i, tok in enumerate([*SPECIALS, *(code_token(c) for c in range(num_codes)), *words])}
+    core = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = split
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", eos_token="<eos>",
+                                   additional_special_tokens=list(SPECIALS[3:]), padding_side="left")
+
+
+_FIELD = re.compile(r"\s*\b(wrong|verdict|edit)\s*:")
+
+
+def detokenize(words: str) -> str:
+    """Words joined by the tokenizer's decoder -> the reflection's line format."""
+    text = re.sub(r"\s+([,;:)])", r"\1", words)
+    text = re.sub(r"\(\s+", "(", text)
+    return _FIELD.sub(lambda m: f"\n{m.group(1)}:", text).strip()

@@ -1,0 +1,140 @@
+"""The unified model's recipe and decoding, on tiny configs (seconds on a CPU)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from model.unified.config import LMConfig, SelfPlayConfig, UnifiedConfig, VQConfig
+from model.unified.vocab import CODE0
+
+TINY = UnifiedConfig(
+    vq=VQConfig(block_out_channels=(8, 8, 8, 8), latent_channels=8, num_codes=32, vq_embed_dim=4, steps=3,
+                batch_size=4, reseed_every=2),
+    lm=LMConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, steps=4, batch_size=4, warmup=1),
+    selfplay=SelfPlayConfig(rounds=1, images=4, steps=2),
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_unified(tmp_path_factory):
+    from model.unified.train import train_unified
+
+    root = tmp_path_factory.mktemp("unified")
+    out = train_unified(TINY, root / "work", root / "model", "cpu", log=lambda m: None)
+    return out
+
+
+def test_recipe_writes_a_folder_the_libraries_load(tiny_unified):
+    from diffusers import VQModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    lm = AutoModelForCausalLM.from_pretrained(tiny_unified)
+    tok = AutoTokenizer.from_pretrained(tiny_unified)
+    vq = VQModel.from_pretrained(tiny_unified / "vq")
+    assert lm.config.vocab_size == len(tok) and vq.config.num_vq_embeddings == 32
+    assert tok.convert_tokens_to_ids("<c0>") == CODE0
+    record = json.loads((tiny_unified / "training.json").read_text())
+    assert set(record["stages"]) == {"vq", "lm", "selfplay1"} and record["stages"]["lm"]["steps"] == 4
+    assert record["stages"]["selfplay1"]["images"] == 4 and record["config"]["lm"]["hidden_size"] == 32
+
+
+def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
+    from model.unified.sequences import Layout
+    from model.unified.train_lm import build_lm, synthetic_batch, train_lm
+    from model.unified.vocab import build_tokenizer, corpus
+    from model.unified.vq import build_vq
+
+    tok = build_tokenizer(32, corpus(20))
+    layout, vq = Layout(tok), build_vq(TINY.vq).eval()
+    batches = lambda k: synthetic_batch(0, k, TINY.lm, vq, layout)  # noqa: E731
+
+    def run(state, fail_at=None):
+        torch.manual_seed(0)
+        lm = build_lm(TINY.lm, len(tok), tok)
+
+        def maybe_fail(k):
+            if k == fail_at:
+                raise KeyboardInterrupt
+            return batches(k)
+
+        kw = dict(steps=4, lr=1e-3, warmup=1, weight_decay=0.0, state=state, name="t", device=torch.device("cpu"),
+                  log=lambda m: None, save_every=2)
+        try:
+            train_lm(lm, maybe_fail, **kw)
+        except KeyboardInterrupt:
+            torch.manual_seed(0)
+            lm = build_lm(TINY.lm, len(tok), tok)
+            train_lm(lm, batches, **kw)
+        return lm
+
+    whole, resumed = run(tmp_path / "a.pt"), run(tmp_path / "b.pt", fail_at=3)
+    for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_decoding_is_constrained_seeded_and_batch_invariant(tiny_unified):
+    from model.unified.bundle import UnifiedModel
+    from model.unified.vq import encode
+
+    m = UnifiedModel.load(tiny_unified)
+    prompts, seeds = ["a red circle", "two squares", "a triangle above a circle"], [1, 2, 3]
+    codes = m.draw_codes(prompts, seeds)
+    assert codes.shape == (3, 64) and codes.min() >= 0 and codes.max() < 32
+    assert torch.equal(m.draw_codes(prompts[1:2], seeds[1:2])[0], codes[1])  # its batch does not matter
+    assert not torch.equal(m.draw_codes(prompts[:1], [9])[0], codes[0])  # the seed does
+    images = m.draw(prompts, seeds)
+    assert images[0].shape == (64, 64, 3) and images[0].dtype == np.uint8
+    edited = m.edit(images, ["remove the circle"] * 3, seeds)
+    assert len(edited) == 3 and edited[0].shape == (64, 64, 3)
+    texts, p_right = m.reflect(prompts, images)
+    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+    assert all(p is None or 0 <= p <= 1 for p in p_right)
+    assert encode(m.vq, np.stack(images)).shape == (3, 64)
+
+
+def test_interleaved_spans_copy_the_source_codes(tiny_unified):
+    from model.unified.bundle import UnifiedModel
+    from model.unified.sampling import sample_image_codes
+
+    m = UnifiedModel.load(tiny_unified)
+    sources = torch.randint(0, 32, (2, 64))
+    seen = []
+    original = m.lm.generate
+
+    def spy(**kw):
+        out = original(**kw)
+        seen.append(out)
+        return out
+
+    m.lm.generate = spy
+    prefixes = [m.layout.edit_prefix("remove the circle"), m.layout.edit_prefix("add a red square")]
+    sample_image_codes(m.lm, m.layout, prefixes, [0, 1], sources=sources)
+    span = seen[0][:, -129:]
+    assert torch.equal(span[:, 0:128:2] - CODE0, sources)  # the given codes, at every other position
+    assert ((span[:, 1:128:2] >= CODE0) & (span[:, 1:128:2] < CODE0 + 32)).all()  # written: image codes only
+    assert (span[:, 128] == m.layout.eoi).all()
+
+
+def test_reflections_detokenize_to_the_critique_format():
+    from model.unified.vocab import detokenize
+    from policies.critique import parse_critique
+
+    words = "seen : a red circle ( top left ); a blue square ( centre ) wrong : expected two squares , found one " \
+            "verdict : wrong edit : add a blue square"
+    c = parse_critique(detokenize(words))
+    assert c.verdict == "wrong" and c.instruction == "add a blue square"
+    assert c.observations == ["a red circle (top left)", "a blue square (centre)"]
+    assert c.defects == ["expected two squares, found one"]
+
+
+def test_unified_is_the_default_of_every_embedded_role():
+    from agent.config import RunConfig
+
+    cfg = RunConfig()
+    assert cfg.models.image.kind == "unified" and cfg.models.critic.kind == "unified"
+    judge = RunConfig.model_validate({"models": {"judge": {"kind": "unified"}}, "search": {"judge": "model"}})
+    assert judge.models.judge.kind == "unified"
