@@ -13,9 +13,11 @@ from agent.cli_run import run_cmd
 from agent.cli_train import eval_app, train_app
 from agent.cli_view import view_cmd
 from agent.cli_world import world_app
+from agent.errors import EXIT_CODES_HELP
 
 app = typer.Typer(
-    help="refloop: generate -> critique -> revise loops on local models, and the tools around them.",
+    help="refloop: generate -> critique -> revise loops on local models, and the tools around them.\n\n"
+         + EXIT_CODES_HELP,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

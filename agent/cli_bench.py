@@ -4,7 +4,6 @@ orchestration costs. Input is checked before anything is written (exit 2 with th
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 
@@ -13,52 +12,61 @@ from rich import box
 from rich.console import Console
 from rich.table import Column, Table
 
-from agent.bench import Arm, BenchReport, PerfReport, gen_calls, perf_specs, run_bench, run_perf
-from agent.cli_run import bad_input, folder_hash, read_specs
-from agent.config import RunConfig
-from agent.runner import load_models, make_judge, make_runtime, model_folders
-from world import check_image
-from world.spec import FAMILIES
+from agent.cli_common import check_out_dir, folder_hash, load_models_or_refuse, load_run_config, read_specs
+from agent.errors import FAILED, OK, UsageError, fail, refusals
+from agent.store import RunStore
 
 console = Console()
 PERF_SESSIONS = 32
 
 
+def bad_input(message: str) -> typer.Exit:
+    return fail(message)
+
+
 def check_out(out: Path) -> None:
     """--out must be new or an empty directory, under a directory we can write to."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"{out} exists and is not empty; choose a new or empty directory")
-    parent = next(p for p in [out.absolute(), *out.absolute().parents] if p.exists())
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot create {out}: {parent} is not a writable directory")
+    check_out_dir(out)
 
 
 def bench_cmd(
     suite_name: str = typer.Option("dev", "--suite", help="The ShapeWorld suite: train, dev or test."),
-    per_family: int = typer.Option(None, min=1, help="Prompts per family (default: the whole suite; not with --perf)."),
+    per_family: int = typer.Option(None, help="Prompts per family (default: the whole suite; not with --perf)."),
     max_rounds: int = typer.Option(None, help="Revisions allowed to the reflection arm (default: the config's)."),
     config: Path = typer.Option(None, "--config", "-c", help="Run config YAML (models, stop policy, batching)."),
     out: Path = typer.Option(None, "--out", "-o", help="New or empty folder for the arms' runs and the report."),
     perf: bool = typer.Option(False, "--perf", help=f"Time {PERF_SESSIONS} sessions batched vs one at a time, "
                                                     "the share of time outside model calls, one session's latency."),
 ) -> None:
-    """Compare one-shot, best-of-N (same generator-call budget) and reflection on the same prompts and seeds."""
-    try:
-        cfg = RunConfig.load(config, max_rounds=max_rounds)
+    """Compare one-shot, best-of-N (same generator-call budget) and reflection on the same prompts and seeds.
+
+    Exit status: 0 every session of every arm done; 1 a session failed or was left unfinished;
+    2 bad input (nothing written).
+    """
+    from world.spec import FAMILIES as families
+
+    with refusals():
+        cfg = load_run_config(config, max_rounds=max_rounds)
         if perf:  # PERF_SESSIONS sessions, round-robin over the families
-            per_family = math.ceil(PERF_SESSIONS / len(FAMILIES))
+            if per_family is not None:
+                raise UsageError(f"--per-family does not go with --perf (it times {PERF_SESSIONS} sessions)")
+            per_family = math.ceil(PERF_SESSIONS / len(families))
         specs = read_specs(None, None, suite_name, per_family, cfg.seed)
+        from agent.bench import perf_specs
+
         specs = perf_specs(specs, PERF_SESSIONS) if perf else specs
         out = out or Path("runs") / time.strftime("bench-%Y%m%d-%H%M%S")
         check_out(out)
-        image_model, critic, judge = load_models(cfg)
+        image_model, critic, judge = load_models_or_refuse(cfg, console)
         out.mkdir(parents=True, exist_ok=True)
-    except (ValueError, OSError) as e:  # FileNotFoundError (no critic) is an OSError
-        raise bad_input(str(e)) from None
+    from agent.bench import run_bench, run_perf
+    from agent.runner import make_judge, make_runtime, model_folders
+    from world import check_image
+
     models = {role: {"path": path, "hash": folder_hash(Path(path))}
               for role, path in model_folders(image_model, critic, judge).items()}
 
-    def factory(store, arm_cfg: RunConfig):
+    def factory(store, arm_cfg):
         return make_runtime(store, image_model, image_model, critic, arm_cfg.stop, judge=make_judge(arm_cfg),
                             verifier=lambda p, img: check_image(p, img).ok, max_batch=arm_cfg.max_batch,
                             search=arm_cfg.search)
@@ -72,9 +80,19 @@ def bench_cmd(
         report = run_bench(cfg, specs, out, factory, suite_name, rounds, models, on_arm=print_arm)
         print_bench(report)
     console.print(f"report: {out}")
+    raise typer.Exit(arms_status(out))
 
 
-def print_arm(arm: Arm) -> None:
+def arms_status(out: Path) -> int:
+    """0 when every session of every run under `out` is done, else 1 (with the runs named)."""
+    bad = [d.name for d in sorted(out.iterdir()) if (d / "manifest.json").is_file()
+           and any(r.status != "done" for r in RunStore.open(d).sessions())]
+    if bad:
+        console.print(f"sessions failed or unfinished in: {', '.join(bad)}", highlight=False)
+    return FAILED if bad else OK
+
+
+def print_arm(arm) -> None:
     m = arm.metrics["overall"]
     console.print(f"{arm.name}: Acc@final {m.acc_final:.3f} in {arm.wall_seconds:.1f} s ({arm.run_dir})",
                   highlight=False)
@@ -85,9 +103,11 @@ def narrow_table(*headers: str, title: str) -> Table:
     return Table(*(Column(h, min_width=len(h)) for h in headers), title=title, box=box.SIMPLE_HEAD, pad_edge=False)
 
 
-def print_bench(report: BenchReport) -> None:
+def print_bench(report) -> None:
     """Tables narrow enough for a terminal: accuracy by family, then cost by arm; bench.md has every
     figure by family and arm. Reflection's Acc@0 is the one-shot column: round 0 is the one-shot image."""
+    from agent.bench import gen_calls
+
     arms, best = report.arms, f"best-of-{report.budget}"
     table = narrow_table("family", "n", "1-shot", best, "reflection", "delta", "i->c", "c->i",
                          title=f"Acc@final on {report.suite}; delta, i->c, c->i of reflection")
@@ -112,7 +132,7 @@ def print_bench(report: BenchReport) -> None:
     console.print(f"budget rule: {report.budget_rule}", highlight=False)
 
 
-def print_perf(report: PerfReport) -> None:
+def print_perf(report) -> None:
     table = narrow_table("figure", "value", title=f"perf: {report.sessions} sessions, <= {report.max_rounds} revisions")
     table.add_row("sessions/s, batched across sessions", f"{report.batched_sessions_per_second:.3f}")
     table.add_row("sessions/s, one session at a time", f"{report.serial_sessions_per_second:.3f}")

@@ -8,11 +8,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from agent.errors import refusals
 from agent.metrics import Metrics, by_family, flips
 from agent.store import RunStore, StoreError
 
 console = Console()
-errors = Console(stderr=True, soft_wrap=True)
 
 
 def _table(title: str, columns: dict[str, dict[str, Metrics]]) -> Table:
@@ -35,6 +35,14 @@ def _table(title: str, columns: dict[str, dict[str, Metrics]]) -> Table:
     return table
 
 
+def readable_sessions(store: RunStore) -> list:
+    """Every session of the run; a record that cannot be read stops inspect with its name (exit 2)."""
+    try:
+        return list(store.sessions())
+    except StoreError as e:
+        raise StoreError(f"{e}; move that file out of {store.root / 'sessions'} or restore it, then retry") from None
+
+
 def inspect_cmd(
     run: Path = typer.Argument(..., help="A run directory."),
     compare: Path = typer.Option(None, "--compare", help="A second run, side by side."),
@@ -42,14 +50,11 @@ def inspect_cmd(
     show_flips: bool = typer.Option(False, "--flips", help="List the sessions that flipped (either way)."),
 ) -> None:
     """Accuracy by round and family, delta, i->c, c->i, stop reasons, calls and time per session."""
-    try:
+    with refusals():
         stores = {run.name: RunStore.open(run)}
         if compare:
             stores[compare.name if compare.name != run.name else f"{compare.name} (b)"] = RunStore.open(compare)
-    except StoreError as e:
-        errors.print(f"[bold red]error:[/] {e}", highlight=False)
-        raise typer.Exit(2) from None
-    records = {name: list(store.sessions()) for name, store in stores.items()}
+        records = {name: readable_sessions(store) for name, store in stores.items()}
     console.print(_table("self-correction by family", {n: by_family(rs) for n, rs in records.items()}))
     for name, rs in records.items():
         overall = by_family(rs)["overall"]

@@ -9,8 +9,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from agent.store import RunStore, StoreError
-from agent.viewer import make_server, server_url
+from agent.errors import UsageError, fail, refusals
+from agent.store import RunStore
 
 errors = Console(stderr=True, soft_wrap=True)
 
@@ -28,17 +28,24 @@ def view_cmd(
     port: int = typer.Option(8765, "--port", help="Port to listen on (0: any free one)."),
     open_browser: bool = typer.Option(False, "--open", help="Open the viewer in the default browser."),
 ) -> None:
-    """A local web viewer: run overview with plots, a filterable session list, each session's rounds."""
-    try:
+    """A local web viewer: run overview with plots, a filterable session list, each session's rounds.
+
+    It only reads the runs (a run still being written can be watched), and answers only requests
+    addressed to localhost or an IP address (Host header), so a web page cannot reach it by DNS rebinding.
+    """
+    with refusals():
+        if not 0 <= port <= 65535:
+            raise UsageError(f"--port must be between 0 and 65535, got {port}")
         stores = [RunStore.open(run) for run in runs]
-    except StoreError as e:
-        errors.print(f"[bold red]error:[/] {e}", highlight=False)
-        raise typer.Exit(2) from None
+    from agent.viewer import make_server, server_url
+
     try:
         server = make_server(stores, host, port)
     except OSError as e:
-        errors.print(f"[bold red]error:[/] cannot listen on {host}:{port}: {e.strerror or e}", highlight=False)
-        raise typer.Exit(2) from None
+        raise fail(f"cannot listen on {host}:{port}: {(e.strerror or str(e)).lower()}; choose another --port "
+                   "(0: any free one)") from None
+    except (UnicodeError, ValueError) as e:
+        raise fail(f"--host {host!r} is not an address to listen on ({e})") from None
     if not _is_loopback(host):
         errors.print(f"[yellow]warning:[/] bound to {host}: anyone who can reach it can read these runs",
                      highlight=False)

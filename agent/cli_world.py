@@ -1,21 +1,27 @@
 """`refloop world ...`: the embedded ShapeWorld, from the command line.
 
 Exit codes: 0 success (or "satisfied"), 1 "not satisfied", 2 bad input.
+The model commands (generate, edit, train, eval) live in agent/cli_models.py and are imported only
+when one of them runs, so that sample, check, suite and bench start without torch.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import json
 import os
 import time
 from pathlib import Path
 
+import click
 import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
-from agent.cli_models import edit_cmd, eval_app, generate_cmd, train_app
+from agent.errors import UsageError, check_finite, check_new_out, fail, refusals
 from world import check_image, parse_image, parse_prompt, random_scene, render, scene_for_prompt, suite
 from world.grammar import PromptError
 from world.io import grid, load_png, save_png
@@ -23,19 +29,85 @@ from world.parse import same_objects
 from world.render import degrade
 from world.spec import FAMILIES
 
+# name -> (attribute of agent.cli_models, its one-line help for `refloop world --help`)
+MODEL_COMMANDS = {
+    "generate": ("generate_cmd", "Generate images with the embedded generator (a neural network)."),
+    "edit": ("edit_cmd", "Edit an image with the embedded editor (the same network as the generator)."),
+    "train": ("train_app", "Train the embedded ShapeWorld models (seeded, resumable)."),
+    "eval": ("eval_app", "Evaluate the embedded ShapeWorld models against the world's verifier."),
+}
+
+
+class LazyModelCommands(TyperGroup):
+    """A group whose model commands are imported when they run (their help listing is static)."""
+
+    _listing = False
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*self.commands, *(n for n in MODEL_COMMANDS if n not in self.commands)]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.commands or name not in MODEL_COMMANDS:
+            return self.commands.get(name)
+        attr, short_help = MODEL_COMMANDS[name]
+        if self._listing:
+            return click.Command(name, help=short_help, short_help=short_help)
+        self.commands[name] = model_command(name, getattr(importlib.import_module("agent.cli_models"), attr))
+        return self.commands[name]
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self._listing = True
+        try:
+            return super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
+
+def model_command(name: str, target) -> click.Command:
+    if isinstance(target, typer.Typer):
+        cmd = typer.main.get_group(target)
+    else:
+        one = typer.Typer()
+        one.command(name)(guarded(target))
+        cmd = typer.main.get_command(one)
+    cmd.name = name
+    return cmd
+
+
+def guarded(fn):
+    """A model command with its numbers, paths and model folder checked before it runs, and a
+    model folder that cannot be loaded reported in a line (exit 2), not as a traceback."""
+
+    @functools.wraps(fn)
+    def run(**kwargs):
+        with refusals():
+            for key, value in kwargs.items():
+                if isinstance(value, float):
+                    check_finite(f"--{key.replace('_', '-')}", value)
+            if kwargs.get("out") is not None:
+                check_new_out(kwargs["out"])
+            model = kwargs.get("model")
+            if model is not None and not Path(model).is_dir():
+                raise UsageError(f"--model {model} is not a model folder; give the folder the model was saved to")
+        try:
+            return fn(**kwargs)
+        except (typer.Exit, click.exceptions.Exit, click.ClickException):
+            raise
+        except (OSError, ValueError, KeyError) as e:  # from_pretrained on a folder it cannot read
+            where = f"--model {kwargs['model']}" if kwargs.get("model") is not None else "the shipped model"
+            raise fail(f"cannot load {where}: {type(e).__name__}: {e}; check the folder, or retrain it") from None
+
+    return run
+
+
 world_app = typer.Typer(help="The embedded ShapeWorld: sample, check, benchmark, prompt suites, its models.",
-                        no_args_is_help=True)
-world_app.add_typer(train_app, name="train")
-world_app.command("generate")(generate_cmd)
-world_app.command("edit")(edit_cmd)
-world_app.add_typer(eval_app, name="eval")
+                        no_args_is_help=True, cls=LazyModelCommands)
 console = Console()
 errors = Console(stderr=True, soft_wrap=True)
 
 
 def bad_input(message: str) -> typer.Exit:
-    errors.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(2)
+    return fail(message)
 
 
 @world_app.command()
@@ -45,16 +117,15 @@ def sample(
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same scenes."),
 ) -> None:
     """Render one correct scene per prompt."""
-    try:
+    with refusals(PromptError):
         parsed = [parse_prompt(p) for p in prompts]
-    except PromptError as e:
-        raise bad_input(str(e)) from None
+        check_new_out(out)
+        if not 0 <= seed < 2**63:
+            raise UsageError(f"--seed must be between 0 and 2**63 - 1, got {seed}")
     rng = np.random.default_rng(seed)
     images = render([scene_for_prompt(p, rng) for p in parsed])
-    try:
+    with refusals():
         save_png(out, images[0] if len(images) == 1 else grid(images))
-    except OSError as e:
-        raise bad_input(f"cannot write {out}: {e}") from None
     console.print(f"wrote {out} ({len(images)} scene{'s' if len(images) > 1 else ''})")
 
 
@@ -65,10 +136,8 @@ def check(
     as_json: bool = typer.Option(False, "--json", help="Print the verdict as JSON."),
 ) -> None:
     """Judge an image against a prompt: exit 0 when satisfied, 1 when not, 2 on bad input."""
-    try:
+    with refusals(PromptError, ValueError):
         verdict = check_image(parse_prompt(prompt), load_png(image))
-    except (PromptError, ValueError) as e:
-        raise bad_input(str(e)) from None
     if as_json:
         typer.echo(json.dumps(verdict.model_dump() | {"reason": verdict.reason}, indent=2))
     else:
@@ -89,18 +158,19 @@ def suite_cmd(
     per_family: int = typer.Option(None, min=1, help="Prompts per family (default: the split's size)."),
 ) -> None:
     """Export a fixed prompt suite as JSONL (id, prompt, family, seed, held_out)."""
-    try:
+    with refusals(ValueError):
         items = suite(split, per_family)
-    except ValueError as e:
-        raise bad_input(str(e)) from None
+        if out is not None:
+            check_new_out(out)
     lines = "".join(item.model_dump_json() + "\n" for item in items)
     if out is None:
         typer.echo(lines, nl=False)
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(lines)
-    os.replace(tmp, out)
+    from agent.files import atomic_write
+
+    with refusals():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(out, lines.encode())
     console.print(f"wrote {len(items)} prompts to {out}")
 
 

@@ -13,10 +13,17 @@ from typing import Literal
 
 from pydantic import BaseModel, model_validator
 from rich.console import Console
+from rich.markup import escape
 from rich.prompt import Prompt
 
 from agent.graph import Runtime
 from policies.critique import REGENERATE, Critique, CritiqueError, parse_critique
+
+CHOICES = "[a]ccept, [e]dit the instruction, [r]eject (stop this session)"
+
+
+class ReviewUnanswered(RuntimeError):
+    """The person could not answer (no terminal input)."""
 
 
 class ReviewRequest(BaseModel):
@@ -98,20 +105,26 @@ def terminal_reviewer(console: Console | None = None) -> Reviewer:
         console.print(f"prompt: {request.prompt}\nimage: {request.image}", highlight=False)
         console.print(request.critique or "(no critique)", highlight=False, markup=False)
         while True:
-            choice = Prompt.ask("[a]ccept, [e]dit the instruction, [r]eject (stop this session)",
-                                choices=["a", "e", "r"], default="a", console=console)
+            choice = Prompt.ask(escape(CHOICES), choices=["a", "e", "r"], default="a", console=console)
             if choice == "a":
                 return ReviewDecision(action="accept")
             if choice == "r":
                 return ReviewDecision(action="reject")
-            text = Prompt.ask(f"new instruction (an edit, '{REGENERATE}', or 'right')", console=console)
+            text = Prompt.ask(escape(f"new instruction (an edit, '{REGENERATE}', or 'right')"), console=console)
             try:
                 return ReviewDecision(action="edit", critique=edited_critique(request.critique, text))
             except ValueError as e:
                 console.print(f"[red]not usable:[/] {e}", highlight=False)
 
+    def ask_or_explain(request: ReviewRequest) -> ReviewDecision:
+        try:
+            return ask(request)
+        except EOFError:  # stdin closed: the session fails (exit status 1), saying why
+            raise ReviewUnanswered("no answer from the reviewer: standard input is closed; run --review in a "
+                                   "terminal") from None
+
     async def reviewer(request: ReviewRequest) -> ReviewDecision:
         async with lock:
-            return await asyncio.to_thread(ask, request)
+            return await asyncio.to_thread(ask_or_explain, request)
 
     return reviewer

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import aiosqlite
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-from pydantic import BaseModel
 
 from agent.config import RunConfig
 from agent.graph import LoopState, Runtime, build_graph
 from agent.review import Reviewer, review_paused
-from agent.trajectory import SessionRecord
+from agent.trajectory import SessionRecord, SessionSpec
 from model.backends import load_critic, load_image_model, load_judge
 from model.roles import Critic, Editor, Generator, Judge
 from model.worker import BatchedWorker, Crowd
@@ -27,13 +26,7 @@ from rewards.learned import LearnedReward, LearnedRewardConfig
 from rewards.verifier import VerifierReward
 
 CHECKPOINTS = "checkpoints.sqlite"
-
-
-class SessionSpec(BaseModel):
-    id: str
-    prompt: str
-    seed: int
-    family: str | None = None
+__all__ = ["CHECKPOINTS", "SessionSpec", "load_models", "make_runtime", "run_sessions"]
 
 
 async def open_checkpointer(path: Path) -> AsyncSqliteSaver:

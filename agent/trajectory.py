@@ -145,3 +145,12 @@ class RunManifest(Versioned):
     git_commit: str | None = None
     seed: int
     refloop_version: str
+
+
+class SessionSpec(BaseModel):
+    """One session to run, as a run's prompts.jsonl keeps it (the runner's input)."""
+
+    id: str
+    prompt: str
+    seed: int
+    family: str | None = None

@@ -6,13 +6,15 @@ so it works without JavaScript), `/run/K/session/ID` (the timeline of rounds) an
 (images of the run). Every value read from a run is model- or user-written, so each one goes through
 `esc()` before it reaches HTML; the Content-Security-Policy header (no scripts at all) is only a second
 line of defence. `/file/` serves image files inside the run directory and nothing else. The run is
-re-read on every request, so a run still being written can be watched by reloading.
+re-read on every request (never written), so a run still being written can be watched by reloading.
+Requests whose Host header is not localhost or an IP address are refused (DNS rebinding).
 """
 
 from __future__ import annotations
 
 import hashlib
 import html
+import ipaddress
 import math
 import socket
 import time
@@ -400,6 +402,35 @@ def round_card(k: int, rnd: RoundRecord, fork_round: int | None) -> str:
 # -- HTTP --------------------------------------------------------------------------------------------
 
 
+def host_allowed(header: str | None, bound: str = "127.0.0.1") -> bool:
+    """A Host header a browser sends for this viewer: localhost, an IP address (no DNS, so no
+    rebinding) or the host the viewer was bound to, each with an optional port. A page of
+    evil.example whose name was re-pointed at 127.0.0.1 sends 'evil.example' and is refused."""
+    if not header or any(c.isspace() for c in header):
+        return False
+    host = header.lower()
+    if host.startswith("["):  # [::1]:8765
+        end = host.find("]")
+        if end < 0 or (host[end + 1:] and not _port(host[end + 2:] if host[end + 1] == ":" else "x")):
+            return False
+        host = host[1:end]
+    elif ":" in host:
+        host, port = host.rsplit(":", 1)
+        if not _port(port):
+            return False
+    if host in ("localhost", str(bound).lower()):
+        return True
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+def _port(text: str) -> bool:
+    return text.isdigit() and int(text) <= 65535
+
+
 class Handler(BaseHTTPRequestHandler):
     """GET and HEAD through Viewer.respond; every other method is refused with 405."""
 
@@ -421,6 +452,10 @@ class Handler(BaseHTTPRequestHandler):
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = refuse
 
     def answer(self, send_body: bool) -> None:
+        if not host_allowed(self.headers.get("Host"), self.server.server_address[0]):
+            self.send(error_page(403, "this viewer answers only requests to localhost or an IP address "
+                                      "(Host header refused: DNS rebinding protection)"), send_body)
+            return
         try:
             resp = self.server.viewer.respond(self.path)
         except Exception as e:  # a bug or an unreadable file: a short page, the traceback only in the log

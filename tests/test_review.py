@@ -79,3 +79,19 @@ def test_terminal_reviewer_asks_until_the_answer_is_usable(monkeypatch):
     assert decision.action == "edit" and decision.critique.endswith("edit: add a red circle")
     assert "not usable" in out.getvalue() and "edit: add a circle" in out.getvalue()  # shown the critique
     assert asyncio.run(review(request)).action == "reject"
+    assert "[a]ccept, [e]dit the instruction, [r]eject" in out.getvalue()  # not eaten as rich markup
+
+
+def test_terminal_reviewer_with_stdin_closed_says_why(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from agent.review import ReviewUnanswered, terminal_reviewer
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    review = terminal_reviewer(Console(file=io.StringIO(), width=100))
+    request = ReviewRequest(session_id="s", prompt="a red circle", round=0, image="/tmp/x.png", critique=ADD,
+                            instruction="add a circle")
+    with pytest.raises(ReviewUnanswered, match="standard input is closed"):
+        asyncio.run(review(request))

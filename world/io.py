@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,9 @@ def save_png(path: str | Path, image: np.ndarray) -> Path:
     """Write an RGB uint8 array as PNG via a temp file + rename, so no half-written file is left."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # not mkstemp: its mode 0o600 would leave the image unreadable to others; 0o666 minus the umask
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), "RGB").save(f, format="PNG")
