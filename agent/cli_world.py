@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
-from agent.errors import UsageError, check_finite, check_new_out, fail, refusals
+from agent.errors import UsageError, check_finite, check_new_out, check_whole, fail, refusals
 from world import check_image, parse_image, parse_prompt, random_scene, render, scene_for_prompt, suite
 from world.grammar import PromptError
 from world.io import grid, load_png, save_png
@@ -67,7 +67,7 @@ def model_command(name: str, target) -> click.Command:
     if isinstance(target, typer.Typer):
         cmd = typer.main.get_group(target)
     else:
-        one = typer.Typer()
+        one = typer.Typer(add_completion=False)
         one.command(name)(guarded(target))
         cmd = typer.main.get_command(one)
     cmd.name = name
@@ -120,8 +120,7 @@ def sample(
     with refusals(PromptError):
         parsed = [parse_prompt(p) for p in prompts]
         check_new_out(out)
-        if not 0 <= seed < 2**63:
-            raise UsageError(f"--seed must be between 0 and 2**63 - 1, got {seed}")
+        check_whole("--seed", seed, 0, 2**63 - 1)
     rng = np.random.default_rng(seed)
     images = render([scene_for_prompt(p, rng) for p in parsed])
     with refusals():
@@ -155,10 +154,12 @@ def check(
 def suite_cmd(
     split: str = typer.Argument(..., help="train, dev or test."),
     out: Path = typer.Option(None, "--out", "-o", help="JSONL file to write (default: print)."),
-    per_family: int = typer.Option(None, min=1, help="Prompts per family (default: the split's size)."),
+    per_family: int = typer.Option(None, help="Prompts per family (default: the split's size)."),
 ) -> None:
     """Export a fixed prompt suite as JSONL (id, prompt, family, seed, held_out)."""
     with refusals(ValueError):
+        if per_family is not None:
+            check_whole("--per-family", per_family, 1, 100_000)
         items = suite(split, per_family)
         if out is not None:
             check_new_out(out)
@@ -182,11 +183,15 @@ def _one_core() -> None:
 
 @world_app.command()
 def bench(
-    scenes: int = typer.Option(20_000, min=100, help="Scenes to sample and render."),
-    parse_images: int = typer.Option(2_000, min=10, help="Images to parse and verify."),
+    scenes: int = typer.Option(20_000, help="Scenes to sample and render (100 to 10,000,000)."),
+    parse_images: int = typer.Option(2_000, help="Images to parse and verify (10 to 1,000,000)."),
     seed: int = typer.Option(0),
 ) -> None:
     """Throughput of the world on one core: scene sampling, rendering, parsing + verifying."""
+    with refusals():
+        check_whole("--scenes", scenes, 100, 10_000_000)
+        check_whole("--parse-images", parse_images, 10, 1_000_000)
+        check_whole("--seed", seed, 0, 2**63 - 1)
     _one_core()
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
