@@ -255,6 +255,45 @@ def test_http_is_read_only(server):
         assert status == 405 and headers["Allow"] == "GET, HEAD"
 
 
+def fetch_as(srv, host: str | None) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", srv.server_port, timeout=10)
+    try:
+        conn.putrequest("GET", "/run/0/", skip_host=True)
+        if host is not None:
+            conn.putheader("Host", host)
+        conn.endheaders()
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("host,ok", [
+    ("127.0.0.1:{port}", True), ("localhost:{port}", True), ("localhost", True), ("127.0.0.1", True),
+    ("[::1]:{port}", True), ("LOCALHOST:{port}", True),
+    ("evil.example:{port}", False), ("evil.example", False), ("localhost.evil.example:{port}", False),
+    ("127.0.0.1.nip.io:{port}", False), ("localhost:{port}@evil.example", False), ("", False), (None, False),
+])
+def test_http_checks_the_host_header_against_dns_rebinding(server, host, ok):
+    """A page of evil.example whose DNS name was re-pointed at 127.0.0.1 sends Host: evil.example."""
+    status, body = fetch_as(server, None if host is None else host.format(port=server.server_port))
+    if ok:
+        assert status == 200 and b"run&lt;b&gt;1" in body
+    else:
+        assert status == 403 and b"Host header refused" in body and b"sessions" not in body
+
+
+def test_the_run_is_not_changed_by_viewing_it(server, run):
+    before = {p: p.read_bytes() for p in run.root.rglob("*") if p.is_file() and not p.is_symlink()}
+    stale = run.root / "sessions" / ".s9.json.abc.tmp"  # a live writer's temp file, as a reader sees it
+    stale.write_text("half")
+    for path in ("/", "/run/0/", "/run/0/sessions", "/run/0/session/s1", "/run/0/plot/accuracy.png"):
+        assert fetch(server, path)[0] == 200
+    assert CliRunner().invoke(app, ["inspect", str(run.root)]).exit_code == 0
+    after = {p: p.read_bytes() for p in run.root.rglob("*") if p.is_file() and not p.is_symlink()}
+    assert after == {**before, stale: b"half"}
+
+
 @pytest.mark.parametrize("where", ["missing", "empty"])
 def test_cli_refuses_what_is_not_a_run(tmp_path, where):
     (tmp_path / "empty").mkdir()
