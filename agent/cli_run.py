@@ -60,8 +60,10 @@ def run_cmd(
                 specs = saved_specs(saved)
                 store = RunStore.open(resume, writer=True)  # RunBusy when another process writes it
             else:
+                specs = read_specs(prompts, prompts_file, suite_name, per_family, 0)  # fast: no torch yet
                 cfg = load_run_config(config, max_rounds=max_rounds)
-                specs = read_specs(prompts, prompts_file, suite_name, per_family, cfg.seed)
+                if cfg.seed:
+                    specs = read_specs(prompts, prompts_file, suite_name, per_family, cfg.seed)
                 out = out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
                 check_out_dir(out)
             image_model, critic, judge = load_models_or_refuse(cfg, console)  # before anything is written

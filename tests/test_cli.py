@@ -1,6 +1,7 @@
 """The CLI through typer's runner, and the installed console script once (the issue's done check)."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -78,3 +79,39 @@ def test_console_script_done_check(tmp_path):
     assert subprocess.run([REFLOOP, "world", "check", PROMPT, str(out)]).returncode == 0
     wrong = "three red circles above a blue square"
     assert subprocess.run([REFLOOP, "world", "check", wrong, str(out)]).returncode == 1
+
+
+HEAVY = ("torch", "transformers", "diffusers", "langgraph", "matplotlib", "trl")
+START = """
+import sys
+from agent.cli import app
+try:
+    app(sys.argv[1:], prog_name="refloop")
+except SystemExit as e:
+    code = e.code
+print("heavy:", ",".join(m for m in {heavy!r} if m in sys.modules), "exit:", code)
+"""
+
+
+@pytest.mark.parametrize("args", [
+    ["--help"], ["world", "--help"], ["run", "--help"], ["world", "sample", PROMPT, "--out", "{tmp}/x.png"],
+    ["world", "check", PROMPT, "{tmp}/missing.png"], ["world", "suite", "dev", "--per-family", "1"],
+    ["inspect", "{tmp}"], ["run", "a hexagon"], ["run", "a circle", "--max-rounds", "1000"],
+])
+def test_commands_that_need_no_model_import_no_heavy_library(tmp_path, args):
+    """`refloop --help` and the world's model-free commands start in well under a second: torch,
+    transformers, diffusers and langgraph are imported only where models load."""
+    code = START.format(heavy=HEAVY)
+    out = subprocess.run([sys.executable, "-c", code, *[a.format(tmp=tmp_path) for a in args]],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert "heavy:  exit:" in out, out[-500:]
+
+
+def test_world_images_are_readable_by_others_as_the_umask_allows(tmp_path):
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "x.png"
+        assert runner.invoke(app, ["world", "sample", PROMPT, "--out", str(out)]).exit_code == 0
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o644
