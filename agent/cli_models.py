@@ -43,17 +43,20 @@ def train_unified_cmd(
     work: Path = typer.Option(Path("runs/train-unified"), help="Checkpoints; rerun the same command to resume."),
     export: Path = typer.Option(None, help="Model folder to write (default: the shipped model's folder)."),
     device: str = typer.Option(None, help="cpu or cuda (default: cuda when present)."),
+    only: str = typer.Option(None, help="Run one stage alone: vq, or decoder (beside the main run, on another core)."),
 ) -> None:
-    """The whole recipe: VQ image tokenizer, then the LM on draw/reflect/revise/edit, then self-play rounds."""
+    """The whole recipe: VQ image tokenizer, the LM on draw/reflect/revise/edit, decoder sharpening, self-play."""
     from model.unified.config import UnifiedConfig
-    from model.unified.train import train_unified
+    from model.unified.train import STAGES, train_unified
 
+    if only is not None and only not in STAGES:
+        raise bad_input(f"--only must be one of {', '.join(STAGES)}, not {only!r}")
     try:
         cfg = UnifiedConfig.load(config)
     except ValueError as e:
         raise bad_input(str(e).splitlines()[0]) from None
     try:
-        out = train_unified(cfg, work, export, device, log=console.print)
+        out = train_unified(cfg, work, export, device, log=console.print, only=only)
     except ValueError as e:
         raise bad_input(str(e)) from None
     console.print(f"wrote {out}")

@@ -26,7 +26,18 @@ def tiny_models(tmp_path_factory):
     model, processor = build_critic()
     model.save_pretrained(root / "critic")
     processor.save_pretrained(root / "critic")
+    tiny_unified().save(root / "unified")
     return root
+
+
+def tiny_unified():
+    """A tiny random unified model (the embedded default's architecture, scaled down)."""
+    from model.unified.config import LMConfig, UnifiedConfig, VQConfig
+    from model.unified.train import build_untrained
+
+    return build_untrained(UnifiedConfig(
+        vq=VQConfig(block_out_channels=(8, 8, 8, 8), latent_channels=8, num_codes=32, vq_embed_dim=4),
+        lm=LMConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)))
 
 
 @pytest.fixture(scope="session")

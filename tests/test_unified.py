@@ -13,7 +13,7 @@ from model.unified.vocab import CODE0
 
 TINY = UnifiedConfig(
     vq=VQConfig(block_out_channels=(8, 8, 8, 8), latent_channels=8, num_codes=32, vq_embed_dim=4, steps=3,
-                batch_size=4, reseed_every=2),
+                batch_size=4, reseed_every=2, decoder_steps=2),
     lm=LMConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, steps=4, batch_size=4, warmup=1),
     selfplay=SelfPlayConfig(rounds=1, images=4, steps=2),
 )
@@ -38,7 +38,7 @@ def test_recipe_writes_a_folder_the_libraries_load(tiny_unified):
     assert lm.config.vocab_size == len(tok) and vq.config.num_vq_embeddings == 32
     assert tok.convert_tokens_to_ids("<c0>") == CODE0
     record = json.loads((tiny_unified / "training.json").read_text())
-    assert set(record["stages"]) == {"vq", "lm", "selfplay1"} and record["stages"]["lm"]["steps"] == 4
+    assert set(record["stages"]) == {"vq", "lm", "decoder", "selfplay1"} and record["stages"]["lm"]["steps"] == 4
     assert record["stages"]["selfplay1"]["images"] == 4 and record["config"]["lm"]["hidden_size"] == 32
 
 

@@ -35,7 +35,9 @@ class UnifiedModel:
     def load(cls, path: str | Path | None = None, device: str = "cpu", sampling: Sampling | None = None):
         from diffusers import VQModel
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging
 
+        logging.disable_progress_bar()  # a model of a few MB loads in a blink; the bars only clutter output
         path = Path(path) if path else DEFAULT_MODEL
         for need in ("config.json", "tokenizer.json", "vq/config.json"):
             if not (path / need).is_file():

@@ -22,6 +22,10 @@ class VQConfig(Strict):
     lr: float = Field(2e-3, gt=0)
     ink_weight: float = Field(5.0, ge=1)  # non-white pixels count this much more: shapes are a small share
     reseed_every: int = Field(100, ge=1)  # codes unused for this many steps restart at an encoder output
+    # then the decoder alone, encoder and codebook frozen: codes do not change, so the LM trains on
+    # them meanwhile (the two stages may run side by side) and the sharper decoder ships with it
+    decoder_steps: int = Field(2500, ge=0)
+    decoder_lr: float = Field(5e-4, gt=0)
 
 
 class LMConfig(Strict):

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from model.unified.bundle import UnifiedModel
-from model.unified.tasks import train_prompt
+from model.unified.tasks import reading_order, train_prompt
 from model.unified.vq import encode
 from policies.critique import REGENERATE, label_critique
 from world import apply_edit, check_scene, parse_image, render
@@ -28,7 +28,7 @@ def own_rows(model: UnifiedModel, n_images: int, guidance: float, seed: int, bat
         codes = encode(model.vq, np.stack(images)).tolist()  # what the critic will see: the image re-encoded
         for prompt, image, source in zip(prompts, images, codes):
             parsed = parse_image(image)
-            critique = label_critique(prompt, parsed.objects, parsed.blobs)
+            critique = label_critique(prompt, reading_order(parsed.objects), parsed.blobs)
             rows.append(model.layout.example("reflect", prompt, source, None, critique.text))
             right += critique.verdict == "right"
             target = _repaired(prompt, parsed, critique.instruction, rng)

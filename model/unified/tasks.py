@@ -45,8 +45,14 @@ def near_miss(prompt: str, rng: np.random.Generator) -> Scene:
     return perturb_scene(prompt, scene_for_prompt(prompt, rng), rng)[0]
 
 
+def reading_order(objects):
+    """Top to bottom in bands of one code row (8 px), then left to right: the order a reflection
+    lists what it sees, so that the same image always gets the same words."""
+    return sorted(objects, key=lambda o: (int(o.centroid[1]) // 8, o.centroid[0]))
+
+
 def critique_of(prompt: str, scene: Scene) -> str:
-    return label_critique(prompt, [as_parsed(o) for o in scene.objects]).text
+    return label_critique(prompt, reading_order(as_parsed(o) for o in scene.objects)).text
 
 
 def draw_example(rng: np.random.Generator) -> Example:
@@ -66,7 +72,7 @@ def revise_example(rng: np.random.Generator) -> Example:
     prompt = train_prompt(rng)
     for _ in range(20):
         wrong = near_miss(prompt, rng)
-        critique = label_critique(prompt, [as_parsed(o) for o in wrong.objects])
+        critique = label_critique(prompt, reading_order(as_parsed(o) for o in wrong.objects))
         try:
             fixed = (scene_for_prompt(prompt, rng) if critique.instruction == REGENERATE
                      else apply_edit(wrong, critique.instruction, rng))

@@ -3,7 +3,9 @@ checkpoint in the work folder (rerun the same command after a kill):
 
 1. the VQ image tokenizer on rendered scenes;
 2. the word tokenizer and the LM on the synthetic task stream (draw, reflect, revise, edit);
-3. rounds of self-play: the model's own drawings labelled by the verifier, mixed back in.
+3. the VQ decoder sharpened on fixed codes (independent of 2: `--only decoder` runs it in a second
+   process meanwhile, and the main run then finds it done);
+4. rounds of self-play: the model's own drawings labelled by the verifier, mixed back in.
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ from model.unified.selfplay import mixed_batch, own_rows, save_rows
 from model.unified.sequences import Layout
 from model.unified.train_lm import build_lm, synthetic_batch, train_lm
 from model.unified.vocab import build_tokenizer, corpus
-from model.unified.vq import train_vq
+from model.unified.vq import sharpen_decoder, train_vq
+
+
+STAGES = ("vq", "decoder")  # the stages that can run alone
 
 
 def train_unified(cfg: UnifiedConfig, work: Path, export: Path | None = None, device: str | None = None,
-                  log=print) -> Path:
+                  log=print, only: str | None = None) -> Path:
     from transformers import AutoTokenizer
 
     dev = pick_device(device)
@@ -31,6 +36,11 @@ def train_unified(cfg: UnifiedConfig, work: Path, export: Path | None = None, de
     pin_config(work / "config.json", cfg)
     torch.manual_seed(cfg.seed)
     vq, vq_record = train_vq(cfg.vq, cfg.seed, work, dev, log)
+    if only == "vq":
+        return work
+    if only == "decoder":
+        sharpen_decoder(cfg.vq, cfg.seed, vq, work, dev, log)
+        return work
     if not (work / "tokenizer" / "tokenizer.json").is_file():
         build_tokenizer(cfg.vq.num_codes, corpus()).save_pretrained(work / "tokenizer")
     tok = AutoTokenizer.from_pretrained(work / "tokenizer")
@@ -42,6 +52,7 @@ def train_unified(cfg: UnifiedConfig, work: Path, export: Path | None = None, de
     stages = {"vq": vq_record}
     stages["lm"] = train_lm(lm, synthetic, steps=lm_cfg.steps, lr=lm_cfg.lr, warmup=lm_cfg.warmup,
                             weight_decay=lm_cfg.weight_decay, state=work / "lm.pt", name="lm", device=dev, log=log)
+    stages["decoder"] = sharpen_decoder(cfg.vq, cfg.seed, vq, work, dev, log)
     sp = cfg.selfplay
     for r in range(sp.rounds):
         data = work / f"selfplay{r}-data.pt"
@@ -60,3 +71,12 @@ def train_unified(cfg: UnifiedConfig, work: Path, export: Path | None = None, de
     UnifiedModel(lm, tok, vq).save(out)
     training_record(out / "training.json", cfg, stages)
     return out
+
+
+def build_untrained(cfg: UnifiedConfig, corpus_size: int = 50) -> UnifiedModel:
+    """A random model of the recipe's architecture (tests, and trying a config before training it)."""
+    from model.unified.vq import build_vq
+
+    torch.manual_seed(cfg.seed)
+    tok = build_tokenizer(cfg.vq.num_codes, corpus(corpus_size))
+    return UnifiedModel(build_lm(cfg.lm, len(tok), tok), tok, build_vq(cfg.vq))

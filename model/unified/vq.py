@@ -114,3 +114,37 @@ def reseed_dead_codes(vq: VQModel, x: torch.Tensor, last_used: torch.Tensor, ste
     pick = torch.randint(len(h), (len(dead),))
     vq.quantize.embedding.weight.data[dead.to(h.device)] = h[pick] + 0.01 * torch.randn_like(h[pick])
     last_used[dead] = step
+
+
+def sharpen_decoder(cfg: VQConfig, seed: int, vq: VQModel, work: Path, device: torch.device, log=print) -> dict:
+    """Train the decoder (and post-quant conv) on fixed codes; resumable from work/vq-decoder.pt."""
+    params = [*vq.decoder.parameters(), *vq.post_quant_conv.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + np.cos(np.pi * min(s / max(cfg.decoder_steps, 1), 1))))
+    state, step, spent = work / "vq-decoder.pt", 0, 0.0
+    if state.is_file():
+        ck = torch.load(state, map_location=device, weights_only=False)
+        vq.load_state_dict(ck["model"]), opt.load_state_dict(ck["opt"]), sched.load_state_dict(ck["sched"])
+        step, spent = ck["step"], ck["seconds"]
+    progress, t0 = Progress("vq decoder", cfg.decoder_steps, step, log), time.time()
+    vq.train()
+    while step < cfg.decoder_steps:
+        x = to_tensor(scene_batch(seed + 1, step, cfg.batch_size)).to(device)
+        with torch.no_grad():
+            quant, _, _ = vq.quantize(vq.encode(x).latents)
+        out = vq.decoder(vq.post_quant_conv(quant))
+        ink = 1 + (cfg.ink_weight - 1) * (x < 0.98).any(dim=1, keepdim=True).float()
+        loss = (ink * ((out - x) ** 2 + (out - x).abs())).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step(), sched.step()
+        step += 1
+        progress(step, loss=loss.item())
+        if step % 200 == 0 or step == cfg.decoder_steps:
+            tmp = work / ".vq-decoder.pt.tmp"
+            torch.save({"model": vq.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step,
+                        "seconds": spent + time.time() - t0}, tmp)
+            tmp.replace(state)
+    vq.eval()
+    return {"steps": cfg.decoder_steps, "seconds": round(spent + time.time() - t0)}
