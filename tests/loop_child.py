@@ -1,50 +1,45 @@
-"""Child process for the kill test: runs (or resumes) a loop run over a tiny random generator.
+"""Child process for the kill test: runs (or resumes) a loop run on stand-in models (tests/fakes.py).
 
-    python tests/loop_child.py MODEL_DIR RUN_DIR N_SESSIONS [WIDTH]
+    python tests/loop_child.py RUN_DIR N_SESSIONS [WIDTH]
 
-The critic is a test double whose reflection is a function of the image alone (so that a
-restarted process says the same thing about the same image). WIDTH > 1 searches: WIDTH candidates
-per round, picked by the verifier judge."""
+The models are numpy functions of their input (a restarted process draws and says the same things
+about the same images), with a little time in flight for the kills to land in. WIDTH > 1 searches:
+WIDTH candidates per round, picked by the verifier judge. Prints "ready" once the run is open."""
 
 import asyncio
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from agent.runner import SessionSpec, make_runtime, run_sessions
-from agent.store import RunStore, StoreError
+from agent.store import RunStore
 from agent.trajectory import RunManifest
-from model.shapeworld.backend import ShapeWorldImageConfig, ShapeWorldImageModel
 from policies.search import SearchPolicy
 from policies.stop import StopPolicy
 from rewards.verifier import VerifierReward
+from tests.fakes import fake_models
+
+PROMPTS = ["a circle", "two squares", "a red triangle", "a blue circle above a square"]
 
 
-class ImageHashCritic:
-    def critique(self, prompts, images):
-        time.sleep(0.05)  # a little time in flight, for the kills to land in
-        return ["verdict: right" if int(np.asarray(img, np.int64).sum()) % 3 == 0
-                else "verdict: wrong\nedit: add a circle" for img in images]
-
-
-def main(model_dir: str, run_dir: str, n: int, width: int = 1) -> None:
-    try:
-        store = RunStore.open(run_dir, writer=True)
-    except StoreError:
-        store = RunStore.create(run_dir, RunManifest(run_id="kill", created_at=time.time(), seed=0,
-                                                     refloop_version="test"))
-    model = ShapeWorldImageModel(ShapeWorldImageConfig(path=model_dir, steps=2))
+def main(run_dir: str, n: int, width: int = 1) -> None:
+    run = Path(run_dir)
+    if (run / "manifest.json").exists():
+        store = RunStore.open(run, writer=True)
+    else:
+        store = RunStore.create(run, RunManifest(run_id="kill", created_at=time.time(), seed=0,
+                                                 refloop_version="test"))
+    image_model, critic, _ = fake_models(run.parent / "models", delay=0.03)
     search = SearchPolicy(best_of=width, revisions=width, judge="verifier" if width > 1 else None)
-    rt = make_runtime(store, model, model, ImageHashCritic(), StopPolicy(max_rounds=3), max_batch=4, search=search,
+    rt = make_runtime(store, image_model, image_model, critic, StopPolicy(max_rounds=3), max_batch=4, search=search,
                       judge=VerifierReward() if width > 1 else None)
-    specs = [SessionSpec(id=f"s{i:02d}", prompt=["a circle", "two squares", "a red triangle"][i % 3], seed=i)
-             for i in range(n)]
+    specs = [SessionSpec(id=f"s{i:02d}", prompt=PROMPTS[i % len(PROMPTS)], seed=i) for i in range(n)]
+    print("ready", flush=True)
     asyncio.run(run_sessions(rt, specs, concurrency=4))
     store.write_jsonl()
+    store.close()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]) if len(sys.argv) > 4 else 1)
-    print("done", Path(sys.argv[2]))
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 1)
+    print("done", Path(sys.argv[1]))
