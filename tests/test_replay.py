@@ -131,10 +131,15 @@ async def _fork_with(store, image_model, critic):
             await w.close()
 
 
-def test_replay_from_the_command_line(tmp_path, tiny_run_config):
+def test_replay_from_the_command_line(tmp_path, monkeypatch):
+    from tests.fakes import use_fake_models
+
+    use_fake_models(monkeypatch, tmp_path / "models")  # the command, whatever embedded model ships
+    config = tmp_path / "run.yaml"
+    config.write_text("stop: {max_rounds: 1}\n")
     cli = CliRunner()
     out = tmp_path / "run"
-    ran = cli.invoke(app, ["run", "a red circle", "--config", str(tiny_run_config), "--out", str(out)])
+    ran = cli.invoke(app, ["run", "a red circle", "--config", str(config), "--out", str(out)])
     assert ran.exit_code == 0, ran.output
     fork = cli.invoke(app, ["replay", str(out), "p00000", "--from-round", "0", "--critique",
                             "seen: nothing\nwrong: no circle\nverdict: wrong\nedit: add a red circle"])
@@ -144,7 +149,7 @@ def test_replay_from_the_command_line(tmp_path, tiny_run_config):
     made = lines["p00000.fork1"]
     assert (made["parent_id"], made["fork_round"], made["status"]) == ("p00000", 0, "done")
     assert made["rounds"][0]["instruction"] == "add a red circle" and len(made["rounds"]) == 2
-    for args, message in [(["--from-round", "3"], "no round 3"), ([], "--from-round"),
+    for args, message in [(["--from-round", "3"], "has rounds 0..0"), ([], "--from-round"),
                           (["--from-round", "0", "--critique", "fine"], "format")]:
         bad = cli.invoke(app, ["replay", str(out), "p00000", *args])
         assert bad.exit_code == 2 and message in bad.output, bad.output
