@@ -76,7 +76,9 @@ def bench_cmd(
         console.print(f"timing {len(specs)} sessions of up to {rounds} revisions under {out}", highlight=False)
         print_perf(run_perf(cfg, specs, out, factory, rounds, models))
     else:
-        console.print(f"3 arms x {len(specs)} sessions of {suite_name} under {out}", highlight=False)
+        from agent.bench import ARMS
+
+        console.print(f"{len(ARMS)} arms x {len(specs)} sessions of {suite_name} under {out}", highlight=False)
         report = run_bench(cfg, specs, out, factory, suite_name, rounds, models, on_arm=print_arm)
         print_bench(report)
     console.print(f"report: {out}")
