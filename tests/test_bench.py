@@ -82,9 +82,10 @@ def test_the_arms_on_the_same_prompts_and_the_report_files(tmp_path, factory, im
     assert best_of.calls_per_session["generator"] == 3 and best_of.calls_per_session["judge"] == 3
     assert reflection.calls_per_session.get("editor", 0) + reflection.calls_per_session["generator"] <= 3
     assert reflection.mean_rounds > 1  # the hash critic asked for edits
-    for a, b, c in zip(*records.values()):  # candidate 0 of best-of-N is the one-shot image, as is round 0
+    for a, b, o, c in zip(*records.values()):  # candidate 0 of best-of-N is the one-shot image, as is round 0
         first = stores["one_shot"].load_image(a.rounds[0].image)
-        for arm, path in (("best_of_n", b.rounds[0].candidates[0]), ("reflection", c.rounds[0].image)):
+        for arm, path in (("best_of_n", b.rounds[0].candidates[0]), ("best_of_n_oracle", o.rounds[0].candidates[0]),
+                          ("reflection", c.rounds[0].image)):
             # the same seed, up to a pixel here and there: a batched row is not bit-exact across batch mates
             assert np.mean(stores[arm].load_image(path) != first) < 0.01
     assert oracle.acc_final >= max(one_shot.acc_final, best_of.acc_final)  # the verifier keeps a right one
