@@ -95,7 +95,8 @@ def guarded(fn):
             raise
         except (OSError, ValueError, KeyError) as e:  # from_pretrained on a folder it cannot read
             where = f"--model {kwargs['model']}" if kwargs.get("model") is not None else "the shipped model"
-            raise fail(f"cannot load {where}: {type(e).__name__}: {e}; check the folder, or retrain it") from None
+            why = f"{type(e).__name__}: {e}" if isinstance(e, KeyError) else str(e)
+            raise fail(f"cannot load {where}: {why}; check the folder, or retrain it") from None
 
     return run
 

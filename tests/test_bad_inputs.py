@@ -39,6 +39,8 @@ CASES = [
     (["world", "generate", "a circle", "--out", "{t}/x.png", "--guidance", "nan"], "--guidance must be a finite"),
     (["world", "generate", "a circle", "--out", "{t}/x.png", "--model", "{t}/nope"], "is not a model folder"),
     (["world", "generate", "a circle", "--out", "{t}"], "is a directory"),
+    (["world", "generate", "a circle", "--out", "{t}/x.png", "--model", "{t}/badmodel"], "badmodel"),
+    (["run", "a circle", "--config", "{t}/in/badmodel.yaml"], "badmodel"),
     (["world", "edit", "{t}/in/small.png", "make the circle red", "--out", "{t}/x.png", "--model", "{t}/nope"],
      "is not a model folder"),
     (["world", "generate", "a circle", "--out", "{t}/x.png", "--guidance", "-inf"], "--guidance must be a finite"),
@@ -155,7 +157,7 @@ def make_run(path, config=None, specs=True):
 
 
 @pytest.fixture
-def world(tmp_path, monkeypatch):
+def world(tmp_path, monkeypatch, request):
     t = tmp_path / "t"
     t.mkdir()
     write_inputs(t)
@@ -164,10 +166,17 @@ def world(tmp_path, monkeypatch):
     (t / "corrupt" / "manifest.json").write_text('{"run_id": ')
     make_run(t / "nospecs", specs=False)
     make_run(t / "badconfig", config={"concurrency": 0})
+    (t / "badmodel").mkdir()  # a corrupt model folder: every file a model folder may have, unreadable
+    for name in ("config.json", "model_index.json", "generation_config.json", "preprocessor_config.json"):
+        (t / "badmodel" / name).write_text("{not json")
+    (t / "badmodel" / "model.safetensors").write_bytes(b"\0" * 64)
+    (t / "in" / "badmodel.yaml").write_text(f"models: {{image: {{path: {t / 'badmodel'}}}, "
+                                            f"critic: {{path: {t / 'badmodel'}}}}}\n")
     make_run(t / "truncated")
     session = t / "truncated" / "sessions" / "s1.json"
     session.write_text(session.read_text()[:40])
-    use_fake_models(monkeypatch, tmp_path / "models")  # a case that got as far as loading would run on these
+    if getattr(request.node, "callspec", None) is None or request.node.callspec.params.get("message") != "badmodel":
+        use_fake_models(monkeypatch, tmp_path / "models")  # a case that got as far as loading would run on these
     monkeypatch.chdir(t)  # a default --out (runs/...) would land here, and be seen
     return t
 
