@@ -39,6 +39,9 @@ def build_tokenizer(num_codes: int, texts: list[str]):
     vocab = {tok: i for i, tok in enumerate([*SPECIALS, *(code_token(c) for c in range(num_codes)), *words])}
     core = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
     core.pre_tokenizer = split
+    # markers and image codes read as one token each in plain text too ("<boi> <c12> <c40> ..."),
+    # so text-only tools (TRL's trainers, a chat template) can hold a whole sequence as a string
+    core.add_special_tokens([*SPECIALS, *(code_token(c) for c in range(num_codes))])
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", eos_token="<eos>",
                                    additional_special_tokens=list(SPECIALS[3:]), padding_side="left")
 
