@@ -1,6 +1,7 @@
 """Reflection data the OmniGen2 way: the model draws training prompts, the world's verifier labels
 its own images (what is there, what is wrong, which edit fixes it, the corrected scene), and the
-reflections and revisions on them are mixed back into training."""
+reflections and revisions on them are mixed back into training; its right drawings are kept as
+drawing examples too (rejection sampling: the drawings that worked, made likelier)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 
 from model.unified.bundle import UnifiedModel
 from model.unified.tasks import reading_order, train_prompt
-from model.unified.vq import encode
+from model.unified.vq import decode, encode
 from policies.critique import REGENERATE, label_critique
 from world import apply_edit, check_scene, parse_image, render
 from world.edits import EditError, scene_from_parsed
@@ -20,21 +21,24 @@ def own_rows(model: UnifiedModel, n_images: int, guidance: float, seed: int, bat
              log=print) -> tuple[list[tuple[list[int], list[int]]], dict]:
     """Token rows (reflect on every own image, revise every repairable wrong one) and their stats."""
     rng = np.random.default_rng([seed, 5])
-    rows, right, revisions = [], 0, 0
+    rows, right, revisions, layout = [], 0, 0, model.layout
     for b in range(0, n_images, batch):
         prompts = [train_prompt(rng) for _ in range(min(batch, n_images - b))]
         seeds = [int(s) for s in rng.integers(2**31, size=len(prompts))]
-        images = model.draw(prompts, seeds, guidance)
-        codes = encode(model.vq, np.stack(images)).tolist()  # what the critic will see: the image re-encoded
-        for prompt, image, source in zip(prompts, images, codes):
+        drawn = model.draw_codes(prompts, seeds, guidance)
+        images = decode(model.vq, drawn)
+        codes = encode(model.vq, images).tolist()  # what the critic will see: the image re-encoded
+        for prompt, image, source, own in zip(prompts, images, codes, drawn.tolist()):
             parsed = parse_image(image)
             critique = label_critique(prompt, reading_order(parsed.objects), parsed.blobs)
-            rows.append(model.layout.example("reflect", prompt, source, None, critique.text))
-            right += critique.verdict == "right"
+            rows.append(layout.example("reflect", prompt, source, None, critique.text))
+            if critique.verdict == "right":
+                right += 1
+                rows.append(layout.example("draw", prompt, None, own, None))
             target = _repaired(prompt, parsed, critique.instruction, rng)
             if target is not None:
                 fixed = encode(model.vq, render([target])).tolist()[0]
-                rows.append(model.layout.example("revise", prompt, source, fixed, critique.instruction))
+                rows.append(layout.example("revise", prompt, source, fixed, critique.instruction))
                 revisions += 1
         log(f"self-play: {b + len(prompts)}/{n_images} own images, {right} right, {revisions} revisions")
     return rows, {"images": n_images, "right": right, "revisions": revisions}
