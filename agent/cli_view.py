@@ -37,7 +37,7 @@ def view_cmd(
         if not 0 <= port <= 65535:
             raise UsageError(f"--port must be between 0 and 65535, got {port}")
         stores = [RunStore.open(run) for run in runs]
-    from agent.viewer import make_server, server_url
+    from agent.viewer_http import make_server, server_url
 
     try:
         server = make_server(stores, host, port)

@@ -24,7 +24,8 @@ from agent import plots
 from agent.cli import app
 from agent.store import RunStore
 from agent.trajectory import RoundRecord, RunManifest, SessionRecord
-from agent.viewer import Viewer, make_server, server_url
+from agent.viewer import Viewer
+from agent.viewer_http import make_server, server_url
 from world import parse_prompt, render_one, scene_for_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
