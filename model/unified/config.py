@@ -34,7 +34,7 @@ class LMConfig(Strict):
     num_heads: int = Field(5, ge=1)
     intermediate_size: int = Field(512, ge=16)
     max_positions: int = Field(256, ge=64)
-    steps: int = Field(7000, ge=0)
+    steps: int = Field(6000, ge=0)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(2e-3, gt=0)
     warmup: int = Field(200, ge=0)
