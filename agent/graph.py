@@ -85,7 +85,7 @@ class Runtime:
 
     store: RunStore
     generator: BatchedWorker  # (prompt, seed) -> image
-    editor: BatchedWorker  # (image, instruction, seed) -> image
+    editor: BatchedWorker  # (image, instruction, seed, prompt) -> image
     critic: BatchedWorker  # (prompt, image) -> text
     policy: StopPolicy
     judge: BatchedWorker | None = None  # (prompt, image) -> Scored (rewards.base) or a float in [0, 1]
@@ -121,7 +121,7 @@ def build_graph(rt: Runtime, checkpointer=None, interrupt_before: list[str] | No
             image, role = await rt.generator((task.prompt, task.seed)), "generate"
         else:
             source = await asyncio.to_thread(rt.store.load_image, task.source)
-            image, role = await rt.editor((source, task.instruction, task.seed)), "edit"
+            image, role = await rt.editor((source, task.instruction, task.seed, task.prompt)), "edit"
         seconds = time.perf_counter() - t0
         made = Candidate(round=task.round, index=task.index, image=await asyncio.to_thread(rt.store.put_image, image),
                          role=role, seconds=seconds)

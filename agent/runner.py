@@ -93,8 +93,7 @@ def make_runtime(store, generator, editor, critic, policy, judge=None, verifier=
         store=store,
         generator=BatchedWorker("generator", lambda xs: generator.generate([p for p, _ in xs], [s for _, s in xs]),
                                 max_batch, crowd=crowd),
-        editor=BatchedWorker("editor", lambda xs: editor.edit([i for i, _, _ in xs], [t for _, t, _ in xs],
-                                                             [s for _, _, s in xs]), max_batch, crowd=crowd),
+        editor=BatchedWorker("editor", lambda xs: revise_or_edit(editor, xs), max_batch, crowd=crowd),
         critic=BatchedWorker("critic", lambda xs: critic.critique([p for p, _ in xs], [i for _, i in xs]), max_batch,
                              crowd=crowd),
         judge=None if judge is None else BatchedWorker(
@@ -104,6 +103,15 @@ def make_runtime(store, generator, editor, critic, policy, judge=None, verifier=
         search=search or SearchPolicy(),
         crowd=crowd,
     )
+
+
+def revise_or_edit(editor, rows: list[tuple]) -> list:
+    """Rows of (image, instruction, seed, prompt). A model that revises with the session's prompt in
+    view (the embedded unified model) gets it; a plain editor gets the instruction alone."""
+    images, instructions, seeds, prompts = (list(col) for col in zip(*rows))
+    if hasattr(editor, "revise"):
+        return editor.revise(prompts, images, instructions, seeds)
+    return editor.edit(images, instructions, seeds)
 
 
 def make_judge(cfg: RunConfig) -> Reward | Judge | None:
