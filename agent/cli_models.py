@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import typer
 from rich.console import Console
 
@@ -125,7 +126,7 @@ def generate_cmd(
 
     texts = _prompts(prompts)
     images = load_model(model, device, guidance).draw(texts, [seed + i for i in range(len(texts))])
-    save_png(out, images[0] if len(images) == 1 else grid(images))
+    save_png(out, images[0] if len(images) == 1 else grid(np.stack(images)))
     console.print(f"wrote {out}")
 
 

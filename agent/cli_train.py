@@ -82,25 +82,25 @@ def eval_reward_cmd(
     runs: list[Path] = typer.Argument(None, help="Run directories to score too, e.g. runs of an RL-trained critic."),
     split: str = typer.Option("dev", help="Prompt suite of the fresh images."),
     per_family: int = typer.Option(20, min=1, help="Fresh images per family."),
-    generator: Path = typer.Option(None, help="Pipeline folder of the fresh images (default: the shipped one)."),
+    generator: Path = typer.Option(None, help="Model folder that draws the fresh images (default: the shipped one)."),
 ) -> None:
     """The hacking gap: mean learned reward minus the verifier's accuracy, with accuracy and AUC,
     on fresh generator images and on the images of the runs given."""
     from agent.store import StoreError
     from agent.train_reward import evaluate, trajectory_rows
-    from model.shapeworld.pipeline import load_generator
+    from model.unified.bundle import UnifiedModel
     from rewards.learned import LearnedReward
     from world import check_image, suite
 
     try:
         reward = LearnedReward(model)
         items = suite(split, per_family)
-        pipe = load_generator(generator)
+        drawer = UnifiedModel.load(generator)
     except (ValueError, OSError) as e:
         raise bad_input(str(e)) from None
     prompts = [i.prompt for i in items]
     images = [img for k in range(0, len(items), 32)
-              for img in pipe(prompts[k:k + 32], seed=[i.seed for i in items[k:k + 32]]).images]
+              for img in drawer.draw(prompts[k:k + 32], [i.seed for i in items[k:k + 32]])]
     reports = {f"fresh {split} images": evaluate(reward, prompts, images, [check_image(p, im).ok
                                                                           for p, im in zip(prompts, images)])}
     for run in runs or []:

@@ -31,10 +31,11 @@ from world.spec import FAMILIES
 
 # name -> (attribute of agent.cli_models, its one-line help for `refloop world --help`)
 MODEL_COMMANDS = {
-    "generate": ("generate_cmd", "Generate images with the embedded generator (a neural network)."),
-    "edit": ("edit_cmd", "Edit an image with the embedded editor (the same network as the generator)."),
-    "train": ("train_app", "Train the embedded ShapeWorld models (seeded, resumable)."),
-    "eval": ("eval_app", "Evaluate the embedded ShapeWorld models against the world's verifier."),
+    "generate": ("generate_cmd", "Draw prompts with the embedded unified model (a neural network)."),
+    "edit": ("edit_cmd", "Edit an image with the embedded unified model (the same network)."),
+    "reflect": ("reflect_cmd", "The embedded unified model's reflection on an image (seen, wrong, verdict, edit)."),
+    "train": ("train_app", "Train the embedded unified model (seeded, resumable)."),
+    "eval": ("eval_app", "Evaluate the embedded unified model against the world's verifier."),
 }
 
 

@@ -56,10 +56,9 @@ from agent.store import RunStore, StoreError
 from model.critic.backend import DEFAULT_CRITIC
 from model.critic.build import load_critic
 from model.critic.train_critic import CriticTrainer, command_line, export_critic, last_checkpoint
+from model.recipe import Strict, git_commit, pick_device, read_yaml
 from model.roles import Editor, Generator
-from model.shapeworld.backend import ShapeWorldImageConfig, ShapeWorldImageModel
-from model.shapeworld.config import Strict, read_yaml
-from model.shapeworld.train_generator import git_commit, pick_device
+from model.unified.config import UnifiedBackendConfig
 from policies.critique import REGENERATE, Critique, CritiqueError, parse_critique
 from rewards.base import Reward
 from rewards.learned import LearnedReward
@@ -201,7 +200,7 @@ class LoraSettings(Strict):
 class PolicyTrainConfig(Strict):
     seed: int = 0
     critic: str | None = None  # the critic folder to start from; None: the shipped critic
-    editor: ShapeWorldImageConfig = ShapeWorldImageConfig()  # also draws fresh rows and carries out "regenerate"
+    editor: UnifiedBackendConfig = UnifiedBackendConfig()  # also draws fresh rows and carries out "regenerate"
     reward: RewardConfig
     shaping: Shaping = Shaping()
     data: DataConfig = DataConfig()
@@ -691,10 +690,13 @@ def training_record(cfg: PolicyTrainConfig, trainer, data: Dataset, reward: Rewa
     }
 
 
-def embedded_images(cfg: PolicyTrainConfig, dev: torch.device) -> ShapeWorldImageModel:
-    """The editor on the training device, unless the config pins it elsewhere."""
+def embedded_images(cfg: PolicyTrainConfig, dev: torch.device):
+    """The embedded unified model as editor and generator, on the training device unless the config
+    pins it elsewhere."""
+    from model.unified.backend import UnifiedRoles
+
     pinned = "device" in cfg.editor.model_fields_set
-    return ShapeWorldImageModel(cfg.editor if pinned else cfg.editor.model_copy(update={"device": str(dev)}))
+    return UnifiedRoles(cfg.editor if pinned else cfg.editor.model_copy(update={"device": str(dev)}))
 
 
 def train_policy(cfg: PolicyTrainConfig, work: Path, export: Path | None = None, device: str | None = None,

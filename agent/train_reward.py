@@ -32,8 +32,7 @@ from model.critic.train_critic import (
     make_trainer,
     training_mix,
 )
-from model.shapeworld.config import YamlConfig
-from model.shapeworld.train_generator import git_commit, pick_device
+from model.recipe import YamlConfig, git_commit, pick_device
 from rewards.learned import RIGHT, WRONG, LearnedReward
 
 SMALL = CriticConfig(vision=VisionTower(hidden=64, layers=2), text=LanguageModel(hidden=96, layers=2, max_positions=96))

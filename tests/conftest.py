@@ -42,17 +42,19 @@ def tiny_unified():
 
 @pytest.fixture(scope="session")
 def tiny_image_model(tiny_models):
-    from model.shapeworld.backend import ShapeWorldImageConfig, ShapeWorldImageModel
+    """The tiny unified model behind the generator and editor roles."""
+    from model.unified.backend import UnifiedRoles
+    from model.unified.config import UnifiedBackendConfig
 
-    return ShapeWorldImageModel(ShapeWorldImageConfig(path=str(tiny_models / "image"), steps=2))
+    return UnifiedRoles(UnifiedBackendConfig(path=str(tiny_models / "unified")))
 
 
 @pytest.fixture(scope="session")
 def tiny_run_config(tiny_models):
     """A run config YAML on the tiny models: one revision at most, small batches."""
     cfg = {"concurrency": 4, "max_batch": 4, "stop": {"max_rounds": 1},
-           "models": {"image": {"path": str(tiny_models / "image"), "steps": 2},
-                      "critic": {"path": str(tiny_models / "critic"), "max_new_tokens": 12}}}
+           "models": {"image": {"path": str(tiny_models / "unified")},
+                      "critic": {"path": str(tiny_models / "unified")}}}
     path = tiny_models / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

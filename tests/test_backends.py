@@ -21,7 +21,7 @@ from model.backends import (
     HFVLMJudgeConfig,
     ImageConfig,
     JudgeConfig,
-    ShapeWorldImage,
+    UnifiedBackendConfig,
     load_critic,
     load_image_model,
     load_judge,
@@ -317,7 +317,8 @@ def test_one_folder_edits_through_another_pipeline_class(sd):
 
 
 def test_kind_defaults_to_the_embedded_models():
-    assert isinstance(TypeAdapter(ImageConfig).validate_python({"steps": 2}), ShapeWorldImage)
+    assert isinstance(TypeAdapter(ImageConfig).validate_python({"guidance": 2}), UnifiedBackendConfig)
+    assert isinstance(TypeAdapter(CriticConfig).validate_python({}), UnifiedBackendConfig)
     assert isinstance(TypeAdapter(ImageConfig).validate_python({"kind": "diffusers", "path": "/m"}),
                       DiffusersImageConfig)
     with pytest.raises(ValueError, match="both height and width"):

@@ -9,12 +9,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
-import yaml
 from datasets import Dataset
 from transformers import set_seed
 from typer.testing import CliRunner
 
-from agent.cli import app
 from model.critic import data as critic_data
 from model.critic.backend import CriticBackendConfig, ShapeWorldCritic
 from model.critic.build import build_critic, critic_inputs, load_critic
@@ -229,35 +227,3 @@ def test_report_card_arithmetic_and_keys(run, pipe, tmp_path):
     for key in ("overall", "by_family", "held_out", "fix", "fix_ideal", "regenerate", "edit_agreement",
                 "seconds_per_reflection", "examples", "critic", "generator", "sampling"):
         assert key in saved, key
-
-
-@pytest.mark.parametrize("content,message", [
-    (None, "no such config file"),
-    ({"steps": 10, "learning_rate": 0.1}, "learning_rate"),
-    ({"data": {"mix": {"generated": 0.5, "edited": 0.1}}}, "sum to 1"),
-    ({"data": {"mix": {"painted": 1.0}}}, "painted"),
-    ({"data": {"misses": {"near": 0.5, "far": 0.6, "unreadable": 0.0}}}, "misses shares"),
-])
-def test_train_bad_config_exits_2(tmp_path, content, message):
-    config = tmp_path / "critic.yaml"
-    if content is not None:
-        config.write_text(yaml.safe_dump(content))
-    result = runner.invoke(app, ["world", "train", "critic", "--config", str(config), "--work", str(tmp_path / "w")])
-    assert result.exit_code == 2 and message in result.output
-    assert not (tmp_path / "w" / "config.json").exists()
-
-
-def test_train_in_a_work_dir_of_another_config_exits_2(tmp_path):
-    (tmp_path / "w").mkdir()
-    (tmp_path / "w" / "config.json").write_text(CriticTrainConfig(steps=7).model_dump_json())
-    config = tmp_path / "critic.yaml"
-    config.write_text(yaml.safe_dump({"steps": 8}))
-    result = runner.invoke(app, ["world", "train", "critic", "--config", str(config), "--work", str(tmp_path / "w")])
-    assert result.exit_code == 2 and "another config" in result.output
-
-
-def test_eval_bad_input_exits_2(tmp_path):
-    result = runner.invoke(app, ["world", "eval", "critic", "--model", str(tmp_path / "nothing")])
-    assert result.exit_code == 2 and "no critic" in result.output
-    result = runner.invoke(app, ["world", "eval", "critic", "--split", "holdout", "--model", str(tmp_path)])
-    assert result.exit_code == 2 and "unknown split" in result.output

@@ -4,10 +4,7 @@ caching, and exact resume of training. (Its quality is `refloop world eval gener
 import numpy as np
 import pytest
 import torch
-import yaml
-from typer.testing import CliRunner
 
-from agent.cli import app
 from model.shapeworld import train_generator as tg
 from model.shapeworld.build import build_pipeline
 from model.shapeworld.config import GeneratorConfig
@@ -110,34 +107,3 @@ def test_resumed_training_equals_uninterrupted(tmp_path, monkeypatch):
         assert all(torch.equal(sa[k], sb[k]) for k in sa), name
     record = (tmp_path / "a_out" / "training.json").read_text()
     assert '"examples_seen"' in record and '"wall_seconds"' in record
-
-
-def test_bad_config_and_missing_model_exit_2(tmp_path):
-    runner = CliRunner()
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"denoiser": {"stepz": 3}}))
-    result = runner.invoke(app, ["world", "train", "generator", "--config", str(bad), "--work", str(tmp_path / "w")])
-    assert result.exit_code == 2 and "stepz" in result.output
-    result = runner.invoke(app, ["world", "eval", "generator", "--model", str(tmp_path / "nothing")])
-    assert result.exit_code == 2 and "model_index.json" in result.output
-    result = runner.invoke(app, ["world", "eval", "generator", "--model", str(tmp_path), "--cache", "magic"])
-    assert result.exit_code == 2 and "unknown cache" in result.output
-
-
-def test_generate_and_edit_commands(tiny_pipeline, tmp_path):
-    runner = CliRunner()
-    out = tmp_path / "g.png"
-    args = ["world", "generate", "a red circle", "two squares", "--out", str(out), "--steps", "2",
-            "--model", str(tiny_pipeline)]
-    assert runner.invoke(app, args).exit_code == 0 and out.is_file()
-    single = tmp_path / "one.png"
-    runner.invoke(app, ["world", "generate", "a red circle", "--out", str(single), "--steps", "2",
-                        "--model", str(tiny_pipeline)])
-    edited = tmp_path / "e.png"
-    args = ["world", "edit", str(single), "make the red circle blue", "--out", str(edited), "--steps", "2",
-            "--model", str(tiny_pipeline)]
-    assert runner.invoke(app, args).exit_code == 0 and edited.is_file()
-    bad = runner.invoke(app, ["world", "edit", str(single), "paint it blue", "--out", str(edited)])
-    assert bad.exit_code == 2 and "'paint'" in bad.output
-    bad = runner.invoke(app, ["world", "generate", "a hexagon", "--out", str(out), "--model", str(tiny_pipeline)])
-    assert bad.exit_code == 2 and "'hexagon'" in bad.output

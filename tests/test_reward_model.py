@@ -91,7 +91,7 @@ def test_train_and_eval_reward_commands(tmp_path, tiny_models, monkeypatch):
     assert trained.exit_code == 0, trained.output
     assert "learned reward vs verifier" in trained.output and (tmp_path / "w" / "reward" / "config.json").is_file()
     judged = cli.invoke(app, ["eval", "reward", "--model", str(tmp_path / "w" / "reward"), "--per-family", "1",
-                              "--generator", str(tiny_models / "image"), str(run)])
+                              "--generator", str(tiny_models / "unified"), str(run)])
     assert judged.exit_code == 0, judged.output
     assert "fresh dev images" in judged.output and "gap" in judged.output
     bad = cli.invoke(app, ["train", "reward", str(tmp_path / "nope"), "--work", str(tmp_path / "w2")])

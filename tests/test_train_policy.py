@@ -85,7 +85,7 @@ def critic(tmp_path_factory):
 
 
 def config(critic, tiny_models, **over) -> PolicyTrainConfig:
-    base = {"critic": str(critic), "editor": {"path": str(tiny_models / "image"), "steps": 2},
+    base = {"critic": str(critic), "editor": {"path": str(tiny_models / "unified")},
             "reward": {"kind": "learned", "path": "test-double"}, "data": {"fresh": 4, "batch_size": 4},
             "grpo": {"steps": 2, "batch_size": 4, "num_generations": 2, "max_completion_length": 12, "save_steps": 2,
                      "lr": 1e-3}}
@@ -297,7 +297,7 @@ def write(path, data) -> str:
     ({"reward": {"kind": "learned", "path": "no/such/folder"}}, "cannot load the learned reward"),
 ])
 def test_bad_configs_exit_2(critic, tiny_models, tmp_path, change, message):
-    base = {"critic": str(critic), "editor": {"path": str(tiny_models / "image"), "steps": 2},
+    base = {"critic": str(critic), "editor": {"path": str(tiny_models / "unified")},
             "reward": {"kind": "verifier", "allow_verifier": True}, "data": {"fresh": 2},
             "grpo": {"steps": 1, "batch_size": 2, "num_generations": 2}}
     for key, value in change.items():
@@ -328,7 +328,7 @@ def test_missing_config_and_shipped_critic_exit_2(tmp_path, monkeypatch):
 def test_torchrun_two_processes(critic, tiny_models, tmp_path):
     """Two CPU processes (gloo) through the CLI: 2 GRPO steps, one checkpoint, one export."""
     cfg = write(tmp_path / "c.yaml", {
-        "critic": str(critic), "editor": {"path": str(tiny_models / "image"), "steps": 2},
+        "critic": str(critic), "editor": {"path": str(tiny_models / "unified")},
         "reward": {"kind": "verifier", "allow_verifier": True}, "data": {"fresh": 4},
         "grpo": {"steps": 2, "batch_size": 2, "num_generations": 2, "max_completion_length": 12, "save_steps": 2}})
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -6,8 +6,9 @@
       judge:  {kind: hf_vlm, path: /models/llava}                          # or kind: unified, or learned
 
 A role without `kind` is the embedded unified model (one network draws, edits, reflects and judges).
-`kind: shapeworld` names the earlier embedded models (latent diffusion + LLaVA critic). Each `load_*` builds the backend its config names; a missing folder raises
-FileNotFoundError naming it.
+`kind: shapeworld` names the earlier embedded critic (a small LLaVA), kept while the learned reward
+and GRPO recipes still build on its architecture. Each `load_*` builds the backend its config names;
+a missing folder raises FileNotFoundError naming it.
 """
 
 from __future__ import annotations
@@ -21,13 +22,6 @@ from model.backends.hf_vlm import HFVLMCritic, HFVLMCriticConfig, HFVLMJudge, HF
 from model.critic.backend import CriticBackendConfig, ShapeWorldCritic
 from model.roles import Critic, Editor, Generator, Judge
 from model.unified.config import UnifiedBackendConfig
-from model.shapeworld.backend import ShapeWorldImageConfig, ShapeWorldImageModel
-
-
-class ShapeWorldImage(ShapeWorldImageConfig):
-    """The embedded generator/editor, with the `kind` that names it among the image backends."""
-
-    kind: Literal["shapeworld"] = "shapeworld"
 
 
 class ShapeWorldCriticConfig(CriticBackendConfig):
@@ -46,8 +40,7 @@ def kind_or(default: str):
 
 
 ImageConfig = Annotated[
-    Annotated[UnifiedBackendConfig, Tag("unified")] | Annotated[ShapeWorldImage, Tag("shapeworld")]
-    | Annotated[DiffusersImageConfig, Tag("diffusers")],
+    Annotated[UnifiedBackendConfig, Tag("unified")] | Annotated[DiffusersImageConfig, Tag("diffusers")],
     kind_or("unified"),
 ]
 CriticConfig = Annotated[
@@ -68,9 +61,7 @@ def load_image_model(cfg) -> Generator | Editor:
     """The generator/editor (one object, both roles) a config names."""
     if isinstance(cfg, UnifiedBackendConfig):
         return _unified(cfg)
-    if isinstance(cfg, DiffusersImageConfig):
-        return DiffusersImageModel(cfg)
-    return ShapeWorldImageModel(cfg)
+    return DiffusersImageModel(cfg)
 
 
 def load_critic(cfg) -> Critic:
@@ -89,6 +80,6 @@ def load_judge(cfg) -> Judge:
 
 __all__ = [
     "CriticConfig", "DiffusersImageConfig", "DiffusersImageModel", "HFVLMCritic", "HFVLMCriticConfig", "HFVLMJudge",
-    "HFVLMJudgeConfig", "ImageConfig", "JudgeConfig", "ShapeWorldCriticConfig", "ShapeWorldImage", "UnifiedBackendConfig", "load_critic",
+    "HFVLMJudgeConfig", "ImageConfig", "JudgeConfig", "ShapeWorldCriticConfig", "UnifiedBackendConfig", "load_critic",
     "load_image_model", "load_judge",
 ]

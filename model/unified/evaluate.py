@@ -174,7 +174,8 @@ def summary(rep: Report) -> dict:
                        "right_when_asked": round(rep.revision_right_asked.value, 3),
                        "edit_task_when_asked": round(rep.edit_right_asked.value, 3),
                        "n_wrong": rep.revision_right.n}
-    out["edits_rendered"] = {"overall": round(rep.edits_rendered.overall.value, 3), **by_family_rows(rep.edits_rendered)}
+    out["edits_rendered"] = {"overall": round(rep.edits_rendered.overall.value, 3),
+                             **by_family_rows(rep.edits_rendered)}
     out["speed"] = {"images_per_s": round(rep.images_per_s, 1), "reflections_per_s": round(rep.reflections_per_s, 1),
                     "batching_ceiling_x": round(rep.batching_ceiling, 2)}
     return dict(out)

@@ -23,7 +23,6 @@ from model.unified.train_lm import build_lm, synthetic_batch, train_lm
 from model.unified.vocab import build_tokenizer, corpus
 from model.unified.vq import sharpen_decoder, train_vq
 
-
 STAGES = ("vq", "decoder")  # the stages that can run alone
 
 
@@ -62,7 +61,7 @@ def train_unified(cfg: UnifiedConfig, work: Path, export: Path | None = None, de
             save_rows(data, rows, stats)
         saved = torch.load(data, weights_only=False)
         offset = lm_cfg.steps + r * sp.steps  # fresh synthetic batches, never the ones seen before
-        batches = lambda k, rows=saved["rows"], offset=offset: mixed_batch(  # noqa: E731
+        batches = lambda k, rows=saved["rows"], offset=offset, r=r: mixed_batch(  # noqa: E731
             rows, sp.own_share, cfg.seed + r, k, lambda j: synthetic(offset + j), layout, lm_cfg.batch_size)
         record = train_lm(lm, batches, steps=sp.steps, lr=sp.lr, warmup=0, weight_decay=lm_cfg.weight_decay,
                           state=work / f"selfplay{r}.pt", name=f"self-play {r + 1}", device=dev, log=log)
