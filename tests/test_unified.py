@@ -177,3 +177,12 @@ def test_bad_input_to_the_model_commands_exits_2_and_writes_nothing(tmp_path, mo
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_images_of_other_sizes_are_seen_at_64(tiny_unified):
+    from model.unified.bundle import UnifiedModel
+
+    m = UnifiedModel.load(tiny_unified)
+    texts, _ = m.reflect(["a red circle"], [np.full((512, 384, 3), 255, np.uint8)])
+    assert len(texts) == 1
+    assert m.edit([np.zeros((128, 128, 3), np.uint8)], ["remove the circle"], [0])[0].shape == (64, 64, 3)

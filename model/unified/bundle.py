@@ -18,6 +18,16 @@ from model.unified.vq import decode, encode
 DEFAULT_MODEL = Path(__file__).parent / "weights"
 
 
+def as_canvas(images: list[np.ndarray], side: int = 64) -> np.ndarray:
+    """The model sees 64x64 RGB: other sizes (a real checkpoint's images) are resized."""
+    from PIL import Image
+
+    out = [img if img.shape == (side, side, 3) else
+           np.asarray(Image.fromarray(np.asarray(img, np.uint8)).convert("RGB").resize((side, side), Image.BICUBIC))
+           for img in images]
+    return np.stack(out)
+
+
 @dataclass
 class Sampling:
     guidance: float = 1.5  # classifier-free guidance of drawings (1: none)
@@ -76,7 +86,7 @@ class UnifiedModel:
         return list(decode(self.vq, self.draw_codes(prompts, seeds, guidance)))
 
     def reflect(self, prompts: list[str], images: list[np.ndarray]) -> tuple[list[str], list[float | None]]:
-        codes = encode(self.vq, np.stack(images)).tolist()
+        codes = encode(self.vq, as_canvas(images)).tolist()
         return write_reflections(self.lm, self.layout,
                                  [self.layout.reflect_prefix(p, c) for p, c in zip(prompts, codes)])
 
@@ -89,7 +99,7 @@ class UnifiedModel:
         return self._transform([self.layout.edit_prefix(i) for i in instructions], images, seeds)
 
     def _transform(self, prefixes: list[list[int]], images: list[np.ndarray], seeds: list[int]) -> list[np.ndarray]:
-        sources = encode(self.vq, np.stack(images))
+        sources = encode(self.vq, as_canvas(images))
         s = self.sampling
         codes = sample_image_codes(self.lm, self.layout, prefixes, seeds, sources=sources,
                                    temperature=s.temperature, top_k=s.top_k)
