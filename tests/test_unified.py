@@ -186,3 +186,27 @@ def test_images_of_other_sizes_are_seen_at_64(tiny_unified):
     texts, _ = m.reflect(["a red circle"], [np.full((512, 384, 3), 255, np.uint8)])
     assert len(texts) == 1
     assert m.edit([np.zeros((128, 128, 3), np.uint8)], ["remove the circle"], [0])[0].shape == (64, 64, 3)
+
+
+def test_revision_targets_copy_the_source_codes_where_the_pixels_are_unchanged():
+    from model.unified.sequences import IGNORE, Layout
+    from model.unified.tasks import make_examples
+    from model.unified.train_lm import encode_examples, kept_patches
+    from model.unified.vocab import build_tokenizer, corpus
+    from model.unified.vq import build_vq
+
+    a = np.full((64, 64, 3), 255, np.uint8)
+    b = a.copy()
+    b[10:20, 10:20] = 0
+    kept = kept_patches(a, b, 8).reshape(8, 8)
+    assert not kept[:4, :4].any() and kept[4:, :].all() and kept[:, 4:].all()
+    tok = build_tokenizer(32, corpus(20))
+    layout, vq = Layout(tok), build_vq(TINY.vq).eval()
+    examples = make_examples("edit", np.random.default_rng(0), 4)
+    rng = np.random.default_rng(1)
+    plain = encode_examples(vq, layout, examples, 0.0, rng, None)
+    copied = encode_examples(vq, layout, examples, 0.0, rng, 8)
+    assert torch.equal(plain["input_ids"][:, :-129], copied["input_ids"][:, :-129])  # the same prompts and sources
+    written = copied["labels"][:, -128::2] != IGNORE
+    same = copied["input_ids"][:, -129:-1:2] == copied["input_ids"][:, -128::2]
+    assert written.all() and same.float().mean() > 0.5  # mostly copies of the source code just before

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from functools import lru_cache
+
 import numpy as np
 
 from model.unified.bundle import DEFAULT_MODEL, Sampling, UnifiedModel

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from model.unified.sequences import Layout, positions
+from model.unified.sequences import Layout
 from model.unified.vocab import CODE0
 
 IMAGE_CODES = 64

@@ -30,11 +30,24 @@ def build_lm(cfg: LMConfig, vocab_size: int, tokenizer):
     return LlamaForCausalLM(config)
 
 
+def kept_patches(source: np.ndarray, target: np.ndarray, margin: int, patch: int = 8) -> np.ndarray:
+    """(64,) bool: patches whose pixels, `margin` around included, are the same in both images."""
+    n = source.shape[0] // patch
+    diff = (source != target).any(-1)
+    out = np.zeros(n * n, bool)
+    for k in range(n * n):
+        r, c = divmod(k, n)
+        out[k] = not diff[max(0, r * patch - margin):r * patch + patch + margin,
+                          max(0, c * patch - margin):c * patch + patch + margin].any()
+    return out
+
+
 def encode_examples(vq, layout: Layout, examples: list[Example], prompt_dropout: float,
-                    rng: np.random.Generator) -> dict[str, torch.Tensor]:
+                    rng: np.random.Generator, copy_margin: int | None = None) -> dict[str, torch.Tensor]:
     """Render and VQ-encode every scene of a batch at once, then lay the examples out as tokens."""
     scenes = [s for ex in examples for s in (ex.source, ex.target) if s is not None]
-    codes = encode(vq, render(scenes)).tolist() if scenes else []
+    images = render(scenes) if scenes else None
+    codes = encode(vq, images).tolist() if scenes else []
     rows, k = [], 0
     for ex in examples:
         source = target = None
@@ -42,6 +55,9 @@ def encode_examples(vq, layout: Layout, examples: list[Example], prompt_dropout:
             source, k = codes[k], k + 1
         if ex.target is not None:
             target, k = codes[k], k + 1
+        if source is not None and target is not None and copy_margin is not None:
+            kept = kept_patches(images[k - 2], images[k - 1], copy_margin)
+            target = [s if keep else t for s, t, keep in zip(source, target, kept)]
         text = None if ex.task == "draw" and rng.random() < prompt_dropout else ex.text
         rows.append(layout.example(ex.task, text, source, target, ex.critique))
     return layout.collate(rows)
@@ -55,7 +71,8 @@ def task_of_batch(seed: int, step: int, mix: dict[str, float]) -> str:
 def synthetic_batch(seed: int, step: int, cfg: LMConfig, vq, layout: Layout) -> dict[str, torch.Tensor]:
     rng = np.random.default_rng([seed, 3, step])
     task = task_of_batch(seed, step, cfg.mix)
-    return encode_examples(vq, layout, make_examples(task, rng, cfg.batch_size), cfg.prompt_dropout, rng)
+    margin = cfg.copy_margin if step >= cfg.copy_from_step else None
+    return encode_examples(vq, layout, make_examples(task, rng, cfg.batch_size), cfg.prompt_dropout, rng, margin)
 
 
 def train_lm(model, batches: Callable[[int], dict], *, steps: int, lr: float, warmup: int, weight_decay: float,

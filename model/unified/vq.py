@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import VQModel
 
 from model.recipe import Progress
@@ -20,7 +19,7 @@ def build_vq(cfg: VQConfig) -> VQModel:
                    down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
                    latent_channels=cfg.latent_channels, num_vq_embeddings=cfg.num_codes,
                    vq_embed_dim=cfg.vq_embed_dim, norm_num_groups=cfg.norm_num_groups, sample_size=64,
-                   lookup_from_codebook=True)
+                   mid_block_add_attention=cfg.mid_attention, lookup_from_codebook=True)
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
