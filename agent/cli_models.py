@@ -41,7 +41,7 @@ def load_model(path: Path | None, device: str | None, guidance: float | None = N
 @train_app.command("unified")
 def train_unified_cmd(
     config: Path = typer.Option(None, "--config", "-c",
-                                help="YAML recipe (default: the built-in one; configs/unified.yaml made the shipped model)."),
+                                help="YAML recipe (default: built in; configs/unified.yaml made the shipped model)."),
     work: Path = typer.Option(Path("runs/train-unified"), help="Checkpoints; rerun the same command to resume."),
     export: Path = typer.Option(None, help="Model folder to write (default: the shipped model's folder)."),
     device: str = typer.Option(None, help="cpu or cuda (default: cuda when present)."),
