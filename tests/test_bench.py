@@ -20,8 +20,6 @@ from agent.config import RunConfig
 from agent.metrics import by_family
 from agent.runner import SessionSpec, make_judge, make_runtime
 from agent.store import RunStore
-from model.unified.backend import UnifiedRoles
-from model.unified.config import UnifiedBackendConfig
 from model.worker import BusyClock
 from world import check_image, suite
 
@@ -45,6 +43,10 @@ def tiny_config(folder, **kw) -> RunConfig:
 
 @pytest.fixture(scope="module")
 def factory(image_folder):
+    # imported when used: collecting this module stays light
+    from model.unified.backend import UnifiedRoles
+    from model.unified.config import UnifiedBackendConfig
+
     model = UnifiedRoles(UnifiedBackendConfig(path=str(image_folder)))
 
     def make(store, cfg):
@@ -202,11 +204,12 @@ def test_bench_exits_1_when_a_session_failed(tmp_path, monkeypatch, fake_cli):
 @pytest.mark.slow
 def test_perf_command_prints_its_figures(tmp_path, fake_cli):
     out = tmp_path / "perf"
-    result = runner.invoke(app, ["bench", "--perf", "--max-rounds", "1", "--config", str(fake_cli), "--out", str(out)])
+    result = runner.invoke(app, ["bench", "--perf", "--max-rounds", "1", "--config", str(fake_cli), "--out", str(out)],
+                           env={"COLUMNS": "100"})  # with transformers imported, rich under pytest saw a narrow terminal
     assert result.exit_code == 0, result.output
     for figure in ("sessions/s, batched", "one session at a time", "speed-up", "outside model calls", "latency",
                    "batching ceiling"):
-        assert figure in result.output
+        assert figure in result.output, result.output
     perf = json.loads((out / "perf.json").read_text())
     assert perf["sessions"] == 32 and perf["max_rounds"] == 1
     assert len(RunStore.open(out / "perf_serial").session_ids()) == 32
