@@ -205,7 +205,7 @@ def test_bench_exits_1_when_a_session_failed(tmp_path, monkeypatch, fake_cli):
 def test_perf_command_prints_its_figures(tmp_path, fake_cli):
     out = tmp_path / "perf"
     result = runner.invoke(app, ["bench", "--perf", "--max-rounds", "1", "--config", str(fake_cli), "--out", str(out)],
-                           env={"COLUMNS": "100"})  # with transformers imported, rich under pytest saw a narrow terminal
+                           env={"COLUMNS": "100"})  # rich under pytest, transformers imported: too narrow
     assert result.exit_code == 0, result.output
     for figure in ("sessions/s, batched", "one session at a time", "speed-up", "outside model calls", "latency",
                    "batching ceiling"):
