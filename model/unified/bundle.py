@@ -4,6 +4,7 @@ reflect, revise, edit (see sequences.py). Pure inference: nothing here reads the
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,10 @@ class UnifiedModel:
         self.vq.save_pretrained(tmp / "vq")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        for f in tmp.rglob("*"):  # safetensors writes 0600; a shipped model is for every user
+            f.chmod((0o777 if f.is_dir() else 0o666) & ~umask)
         old = path.with_name(f".{path.name}.old")
         if path.exists():
             shutil.rmtree(old, ignore_errors=True)
