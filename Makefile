@@ -17,8 +17,8 @@ $(VENV)/.ready: pyproject.toml
 
 PROMPT ?= two red circles above a blue square
 
-# the main job: a reflection session on the embedded models (the generator draws PROMPT, the
-# critic reflects, the editor revises), logged as a run directory under runs/
+# the main job: a reflection session on the embedded unified model (it draws PROMPT, reflects on its
+# image and draws a revision, up to 4 times), logged as a run directory under runs/
 run: env
 	OMP_NUM_THREADS=1 $(BIN)/refloop run "$(PROMPT)"
 
