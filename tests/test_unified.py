@@ -166,6 +166,9 @@ def test_world_commands_draw_edit_and_reflect_with_a_model_folder(tiny_models, t
     (["world", "train", "unified", "--config", "nowhere.yaml"], "no such config file"),
     (["world", "train", "unified", "--only", "lm"], "--only"),
     (["world", "eval", "unified", "--split", "holdout"], "unknown split"),
+    (["world", "eval", "unified", "--batch-size", "0"], "--batch-size must be between 1 and 1024"),
+    (["world", "eval", "unified", "--per-family", "-3"], "--per-family must be between 1 and 1000"),
+    (["world", "generate", "a circle", "--out", "x.png", "--guidance", "-1"], "--guidance"),
 ])
 def test_bad_input_to_the_model_commands_exits_2_and_writes_nothing(tmp_path, monkeypatch, args, message):
     from typer.testing import CliRunner
