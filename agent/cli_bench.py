@@ -108,7 +108,7 @@ def narrow_table(*headers: str, title: str) -> Table:
 def print_bench(report) -> None:
     """Tables narrow enough for a terminal: accuracy by family, then cost by arm; bench.md has every
     figure by family and arm. Reflection's Acc@0 is the one-shot column: round 0 is the one-shot image."""
-    from agent.bench import gen_calls
+    from agent.bench_report import gen_calls
 
     arms, best = report.arms, f"best-of-{report.budget}"
     table = narrow_table("family", "n", "1-shot", best, "reflection", "delta", "i->c", "c->i",
