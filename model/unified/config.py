@@ -15,9 +15,8 @@ class VQConfig(Strict):
     layers_per_block: int = Field(1, ge=1)
     latent_channels: int = Field(32, ge=1)
     norm_num_groups: int = Field(8, ge=1)
-    # attention in the middle block lets every code see the whole image: identical patches then get
-    # different codes in different images (measured: 164 codes for all-white patches), which breaks
-    # the copy path of revisions and edits; off gives codes that depend on a neighbourhood only
+    # attention in the middle block lets every code see the whole image; off, a code sees a (large)
+    # neighbourhood only. Neither makes codes local: see the README on the tokenizer.
     mid_attention: bool = True
     num_codes: int = Field(512, ge=2)
     vq_embed_dim: int = Field(16, ge=1)
@@ -45,9 +44,9 @@ class LMConfig(Strict):
     weight_decay: float = Field(0.01, ge=0)
     prompt_dropout: float = Field(0.1, ge=0, le=1)  # drawing without its prompt: the unconditional branch of CFG
     # the VQ's codes depend on their neighbourhood, so a kept patch is not always re-encoded to the same
-    # code: revision and edit targets take the source's code wherever the pixels within this margin
-    # are unchanged (measured: 78% of edits still read right after decoding, 0.81 with the target's
-    # own codes), so that keeping is copying. From `copy_from_step` on (the shipped run switched mid-way).
+    # code (`world eval unified` reports how often it is): revision and edit targets take the source's
+    # code wherever the pixels within this margin are unchanged, so that keeping is copying. From
+    # `copy_from_step` on (the shipped run switched mid-way).
     copy_margin: int | None = Field(8, ge=0)  # None: the target's own codes everywhere
     copy_from_step: int = Field(0, ge=0)
     # share of each task in the stream (normalised)

@@ -7,9 +7,11 @@ import time
 from collections import defaultdict
 
 import numpy as np
+import torch
 from pydantic import BaseModel
 
 from model.unified.bundle import UnifiedModel
+from model.unified.train_lm import kept_patches
 from model.unified.vq import decode, encode
 from policies.critique import CritiqueError, parse_critique
 from world import check_image, make_edit_pair, parse_image, render, scene_for_prompt
@@ -52,6 +54,8 @@ class Report(BaseModel):
     revision_right_asked: Rate = Rate()  # ... among those whose reflection asked for a change
     edit_right_asked: Rate = Rate()  # the same images, the instruction-only edit task
     edits_rendered: Table = Table()  # by action
+    code_stability: float = 0.0  # patches unchanged by an edit (4 px around included) that keep their code
+    white_codes: int = 0  # distinct codes of all-white patches over the split's rendered scenes
     images_per_s: float = 0.0
     reflections_per_s: float = 0.0
     batching_ceiling: float = 0.0  # one batch of 32 vs 32 single calls, same rows
@@ -67,12 +71,17 @@ def evaluate(model: UnifiedModel, items: list[SuiteItem], split: str, batch: int
     t0 = time.time()
     rep = Report(split=split, guidance=model.sampling.guidance)
     scenes = [scene_for_prompt(it.prompt, np.random.default_rng(it.seed)) for it in items]
+    white = set()
     for part in chunks(list(zip(items, scenes)), batch):  # the image tokenizer alone
         rendered = render([s for _, s in part])
-        back = decode(model.vq, encode(model.vq, rendered))
+        codes = encode(model.vq, rendered)
+        blank = (rendered == 255).all(-1).reshape(len(part), 8, 8, 8, 8).all(axis=(2, 4)).reshape(len(part), 64)
+        white.update(codes[torch.from_numpy(blank)].tolist())
+        back = decode(model.vq, codes)
         for (it, _), img in zip(part, back):
             rep.vq_round_trip.add(it.family, check_image(it.prompt, img).ok)
-    log(f"vq round trip {rep.vq_round_trip.overall.value:.3f}")
+    rep.white_codes = len(white)
+    log(f"vq round trip {rep.vq_round_trip.overall.value:.3f}; {rep.white_codes} codes for all-white patches")
     images, draw_s = [], 0.0
     for part in chunks(items, batch):
         t = time.time()
@@ -136,13 +145,18 @@ def evaluate_edits(model: UnifiedModel, items: list[SuiteItem], scenes: list, re
             pairs.append((it, make_edit_pair(np.random.default_rng([it.seed, 7]), scene)))
         except EditError:
             continue
+    kept = same = 0
     for part in chunks(pairs, batch):
-        out = model.edit(list(render([p.source for _, p in part])), [p.instruction for _, p in part],
-                         [it.seed for it, _ in part])
+        sources, targets = render([p.source for _, p in part]), render([p.target for _, p in part])
+        for a, b, ca, cb in zip(sources, targets, encode(model.vq, sources), encode(model.vq, targets)):
+            mask = torch.from_numpy(kept_patches(a, b, 4))
+            kept, same = kept + int(mask.sum()), same + int((ca == cb)[mask].sum())
+        out = model.edit(list(sources), [p.instruction for _, p in part], [it.seed for it, _ in part])
         for (_, p), img in zip(part, out):
             parsed = parse_image(img)
             ok = not parsed.blobs and check_edit(p.source, p.instruction, parsed.objects).ok
             rep.edits_rendered.add(p.instruction.split()[0], ok)
+    rep.code_stability = same / kept if kept else float("nan")
 
 
 def batching_ceiling(model: UnifiedModel, items: list[SuiteItem]) -> float:
@@ -165,7 +179,9 @@ def summary(rep: Report) -> dict:
     out = defaultdict(dict)
     out["one_shot"] = {"overall": round(rep.one_shot.overall.value, 3), **by_family_rows(rep.one_shot),
                        "held_out": round(rep.held_out.value, 3)}
-    out["vq_round_trip"] = {"overall": round(rep.vq_round_trip.overall.value, 3), **by_family_rows(rep.vq_round_trip)}
+    out["vq_round_trip"] = {"overall": round(rep.vq_round_trip.overall.value, 3), **by_family_rows(rep.vq_round_trip),
+                            "white_patch_codes": rep.white_codes,
+                            "unchanged_patches_keep_code": round(rep.code_stability, 3)}
     out["reflection"] = {"parsed": round(rep.reflection_parsed.value, 3),
                          "verdict_accuracy": round(rep.verdict_accuracy.overall.value, 3),
                          "false_right": round(rep.false_right.value, 3), "false_wrong": round(rep.false_wrong.value, 3),
