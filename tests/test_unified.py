@@ -213,3 +213,25 @@ def test_revision_targets_copy_the_source_codes_where_the_pixels_are_unchanged()
     written = copied["labels"][:, -128::2] != IGNORE
     same = copied["input_ids"][:, -129:-1:2] == copied["input_ids"][:, -128::2]
     assert written.all() and same.float().mean() > 0.5  # mostly copies of the source code just before
+
+
+@pytest.mark.parametrize("local", [True, False])
+def test_local_codes_depend_on_the_patch_alone(local):
+    """With local codes (the recipe's default) a patch's latent, hence its code, is a function of its own
+    pixels: the same content gets the same latent wherever it is and whatever surrounds it."""
+    from model.unified.vq import build_vq, latents, to_tensor
+
+    torch.manual_seed(0)
+    vq = build_vq(TINY.vq.model_copy(update={"local_codes": local})).eval()
+    rng = np.random.default_rng(0)
+    a = np.full((64, 64, 3), 255, np.uint8)
+    a[8:16, 8:16] = rng.integers(0, 256, (8, 8, 3))  # one patch of noise ...
+    b = np.full((64, 64, 3), 255, np.uint8)
+    b[40:48, 48:56] = a[8:16, 8:16]  # ... moved elsewhere
+    b[32:40, 48:56] = 0  # with a black patch right beside it
+    with torch.no_grad():
+        za, zb = latents(vq, to_tensor(np.stack([a, b])))
+    moved = torch.allclose(za[:, 1, 1], zb[:, 5, 6], atol=1e-5)
+    white = torch.allclose(za[:, 7, 7], zb[:, 4, 7], atol=1e-5) and torch.allclose(za[:, 0, 0], za[:, 2, 2], atol=1e-5)
+    assert moved == local and white == local
+    assert vq.config["_local_codes"] is local  # saved in vq/config.json with the folder

@@ -15,9 +15,11 @@ class VQConfig(Strict):
     layers_per_block: int = Field(1, ge=1)
     latent_channels: int = Field(32, ge=1)
     norm_num_groups: int = Field(8, ge=1)
-    # attention in the middle block lets every code see the whole image; off, a code sees a (large)
-    # neighbourhood only. Neither makes codes local: see the README on the tokenizer.
-    mid_attention: bool = True
+    # local codes: the encoder sees one 8x8 patch at a time, so a patch's code depends on its pixels
+    # only (the same content is always the same code, keeping a patch is copying its code); off, the
+    # encoder sees the whole image and codes depend on their neighbourhood (the first shipped model).
+    local_codes: bool = True
+    mid_attention: bool = True  # in the encoder (of a patch, with local codes) and the decoder (whole grid)
     num_codes: int = Field(512, ge=2)
     vq_embed_dim: int = Field(16, ge=1)
     steps: int = Field(3000, ge=0)
