@@ -38,7 +38,8 @@ def test_recipe_writes_a_folder_the_libraries_load(tiny_unified):
     assert lm.config.vocab_size == len(tok) and vq.config.num_vq_embeddings == 32
     assert tok.convert_tokens_to_ids("<c0>") == CODE0
     record = json.loads((tiny_unified / "training.json").read_text())
-    assert set(record["stages"]) == {"vq", "lm", "decoder", "selfplay1", "calibration"} and record["stages"]["lm"]["steps"] == 4
+    assert set(record["stages"]) == {"vq", "lm", "decoder", "selfplay1", "calibration"}
+    assert record["stages"]["lm"]["steps"] == 4
     assert record["stages"]["selfplay1"]["images"] == 4 and record["config"]["lm"]["hidden_size"] == 32
 
 
@@ -168,6 +169,7 @@ def test_world_commands_draw_edit_and_reflect_with_a_model_folder(tiny_models, t
     (["world", "eval", "unified", "--split", "holdout"], "unknown split"),
     (["world", "eval", "unified", "--batch-size", "0"], "--batch-size must be between 1 and 1024"),
     (["world", "eval", "unified", "--per-family", "-3"], "--per-family must be between 1 and 1000"),
+    (["world", "eval", "unified", "--per-family", "1", "--right-threshold", "1.5"], "--right-threshold must"),
     (["world", "generate", "a circle", "--out", "x.png", "--guidance", "-1"], "--guidance"),
 ])
 def test_bad_input_to_the_model_commands_exits_2_and_writes_nothing(tmp_path, monkeypatch, args, message):

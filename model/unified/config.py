@@ -83,3 +83,5 @@ class UnifiedBackendConfig(BaseModel):
     guidance: float = Field(1.5, ge=0, allow_inf_nan=False)  # classifier-free guidance of drawings
     temperature: float = Field(1.0, ge=0, le=10, allow_inf_nan=False)
     top_k: int = Field(0, ge=0)
+    # the reflection says "right" only when P(right) reaches this; None: the folder's calibrated value
+    right_threshold: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
