@@ -9,15 +9,19 @@ checked on a response in the shape vLLM returns."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+import yaml
+from typer.testing import CliRunner
 
 from model.backends.hf_vlm import HFVLMCritic, HFVLMCriticConfig
 from model.backends.served import (
@@ -33,6 +37,8 @@ from model.backends.served_client import ServedModelError
 PROMPTS = ["two red circles above a blue square", "a green triangle", "a cat wearing a red hat",
            "one blue square", "a red circle left of a green circle"]
 IMAGES = [np.full((64, 64, 3), 50 * k, np.uint8) for k in range(len(PROMPTS))]  # plain greys: different answers
+SERVERS = ["vllm", "sglang", "ollama", "lmstudio", "transformers"]
+CONFIGS = Path(__file__).parents[1] / "configs"
 REFLECTION = "seen: a red circle\nwrong: the square is missing\nverdict: wrong\nedit: add a blue square"
 
 
@@ -177,3 +183,70 @@ def test_a_server_root_without_v1_is_named(server):
     root = server.removesuffix("/v1")
     with pytest.raises(ServedModelError, match=f"{root} answered HTTP 404.*ends with /v1"):
         ServedJudge(ServedJudgeConfig(base_url=root, model="m"))
+
+
+# ---- `refloop run` with the served critic and judge ----
+
+def run_config(tmp_path, tiny_models, url, folder):
+    """configs/served-transformers.yaml with the two things a user changes (base_url, model) and the image
+    model swapped for a tiny one."""
+    cfg = yaml.safe_load((CONFIGS / "served-transformers.yaml").read_text())
+    for role in ("critic", "judge"):
+        cfg["models"][role].update(base_url=url, model=str(folder))
+    cfg["models"]["image"]["path"] = str(tiny_models / "unified")
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_example_configs_differ_in_url_and_model_only():
+    from agent.config import RunConfig
+
+    bodies = {}
+    for name in SERVERS:
+        cfg = RunConfig.load(CONFIGS / f"served-{name}.yaml")
+        critic, judge = cfg.models.critic, cfg.models.judge
+        assert isinstance(critic, ServedCriticConfig) and isinstance(judge, ServedJudgeConfig)
+        assert (judge.base_url, judge.model) == (critic.base_url, critic.model)
+        body = cfg.model_dump()
+        for role in ("critic", "judge"):
+            del body["models"][role]["base_url"], body["models"][role]["model"]
+        bodies[name] = body
+    assert all(body == bodies["vllm"] for body in bodies.values())
+
+
+def test_run_with_a_dead_server_exits_2_in_one_line_and_writes_nothing(tmp_path, tiny_models):
+    from agent.cli import app
+
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    config, out = run_config(tmp_path, tiny_models, url, "/path/to/model"), tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", PROMPTS[0], "--config", str(config), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot reach the served critic at {url} ("), result.output
+    assert lines[0].endswith(", 2 retries); start the server or fix models.critic.base_url"), result.output
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["run.yaml"]
+
+
+@pytest.mark.slow
+def test_run_with_the_served_critic_and_judge_logs_the_trajectory(tmp_path, tiny_models, server, llava_folder):
+    from agent.cli import app
+    from agent.store import RunStore
+
+    config, out = run_config(tmp_path, tiny_models, server, llava_folder), tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", *PROMPTS[:2], "--config", str(config), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["models"]["critic"] == {"path": f"{llava_folder} at {server}", "hash": None}
+    local = HFVLMCritic(HFVLMCriticConfig(path=str(llava_folder), max_new_tokens=400))  # the example's max_tokens
+    store = RunStore.open(out)
+    sessions = sorted(store.sessions(), key=lambda s: s.id)
+    assert [s.prompt for s in sessions] == PROMPTS[:2] and all(s.status == "done" for s in sessions)
+    for s in sessions:
+        first = s.rounds[0]
+        image = store.load_image(first.image)
+        assert first.critique == local.critique([s.prompt], [image])[0]  # the server's model saw this image
+        assert first.calls["critic"] == 1 and "from its text" in first.judge_reason
+        assert first.rewards["judge"] in (0.0, 1.0)
+    lines = (out / "sessions.jsonl").read_text().splitlines()
+    assert [json.loads(line)["rounds"][0]["critique"] for line in lines] == [s.rounds[0].critique for s in sessions]
