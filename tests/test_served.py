@@ -9,19 +9,13 @@ checked on a response in the shape vLLM returns."""
 
 from __future__ import annotations
 
-import json
-import os
-import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import yaml
-from typer.testing import CliRunner
 
 from model.backends.hf_vlm import HFVLMCritic, HFVLMCriticConfig
 from model.backends.served import (
@@ -33,58 +27,12 @@ from model.backends.served import (
     yes_probability,
 )
 from model.backends.served_client import ServedModelError
+from tests.served_server import free_port
 
 PROMPTS = ["two red circles above a blue square", "a green triangle", "a cat wearing a red hat",
            "one blue square", "a red circle left of a green circle"]
 IMAGES = [np.full((64, 64, 3), 50 * k, np.uint8) for k in range(len(PROMPTS))]  # plain greys: different answers
-SERVERS = ["vllm", "sglang", "ollama", "lmstudio", "transformers"]
-CONFIGS = Path(__file__).parents[1] / "configs"
 REFLECTION = "seen: a red circle\nwrong: the square is missing\nverdict: wrong\nedit: add a blue square"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def llava_folder(tmp_path_factory):
-    from tests.test_backends import llava
-
-    return llava(tmp_path_factory.mktemp("served") / "llava")
-
-
-@pytest.fixture(scope="module")
-def server(llava_folder, tmp_path_factory):
-    """`transformers serve FOLDER` in a child process, pinned to the folder; yields its /v1 URL."""
-    port, log = free_port(), tmp_path_factory.mktemp("serve-log") / "serve.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "transformers.cli.transformers", "serve", str(llava_folder),
-                                 "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
-                                stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"transformers serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"transformers serve did not answer /health in 180 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -93,13 +41,13 @@ def local(llava_folder):
     return HFVLMCritic(HFVLMCriticConfig(path=str(llava_folder), max_new_tokens=8))
 
 
-def critic_config(server, folder, **kwargs) -> ServedCriticConfig:
-    return ServedCriticConfig(base_url=server, model=str(folder), max_tokens=8, **kwargs)
+def critic_config(url, folder, **kwargs) -> ServedCriticConfig:
+    return ServedCriticConfig(base_url=url, model=str(folder), max_tokens=8, **kwargs)
 
 
 @pytest.mark.slow
-def test_a_batch_goes_concurrently_bounded_and_answers_as_the_local_model(server, llava_folder, local):
-    critic = ServedCritic(critic_config(server, llava_folder, max_in_flight=2))
+def test_a_batch_goes_concurrently_bounded_and_answers_as_the_local_model(served_llava, llava_folder, local):
+    critic = ServedCritic(critic_config(served_llava, llava_folder, max_in_flight=2))
     texts = critic.critique(PROMPTS, IMAGES)
     assert texts == local.critique(PROMPTS, IMAGES)
     assert len(set(texts)) > 1  # the rows are not one answer repeated
@@ -109,8 +57,8 @@ def test_a_batch_goes_concurrently_bounded_and_answers_as_the_local_model(server
 
 
 @pytest.mark.slow
-def test_history_is_sent_as_a_multi_image_conversation(server, llava_folder, local):
-    critic = ServedCritic(critic_config(server, llava_folder, max_in_flight=1))
+def test_history_is_sent_as_a_multi_image_conversation(served_llava, llava_folder, local):
+    critic = ServedCritic(critic_config(served_llava, llava_folder, max_in_flight=1))
     history = [[(IMAGES[1], REFLECTION), (IMAGES[2], "seen: nothing\nverdict: wrong\nedit: regenerate")], []]
     texts = critic.critique(PROMPTS[:2], IMAGES[:2], history)
     assert texts == local.critique(PROMPTS[:2], IMAGES[:2], history)
@@ -127,8 +75,8 @@ def test_history_is_sent_as_a_multi_image_conversation(server, llava_folder, loc
 
 
 @pytest.mark.slow
-def test_judge_without_logprobs_scores_from_the_answer_and_says_so(server, llava_folder):
-    judge = ServedJudge(ServedJudgeConfig(base_url=server, model=str(llava_folder)))
+def test_judge_without_logprobs_scores_from_the_answer_and_says_so(served_llava, llava_folder):
+    judge = ServedJudge(ServedJudgeConfig(base_url=served_llava, model=str(llava_folder)))
     scores = judge.score(PROMPTS[:2], IMAGES[:2])
     assert scores == [0.0, 0.0] and judge.scored_by == {"text": 2}  # a random model does not say yes
     assert all("from its text" in s.reason for s in scores)
@@ -136,9 +84,9 @@ def test_judge_without_logprobs_scores_from_the_answer_and_says_so(server, llava
     asker = HFVLMCritic(HFVLMCriticConfig(path=str(llava_folder), template=judge.cfg.template, max_new_tokens=1))
     said = asker.critique(PROMPTS[:1], IMAGES[:1])[0]
     assert word(said) not in ("", "yes", "no")
-    yes = ServedJudge(ServedJudgeConfig(base_url=server, model=str(llava_folder), yes_words=[said], no_words=["no"]))
+    yes = ServedJudge(ServedJudgeConfig(base_url=served_llava, model=str(llava_folder), yes_words=[said]))
     assert yes.score(PROMPTS[:1], IMAGES[:1]) == [1.0]
-    strict = ServedJudge(ServedJudgeConfig(base_url=server, model=str(llava_folder), require_logprobs=True))
+    strict = ServedJudge(ServedJudgeConfig(base_url=served_llava, model=str(llava_folder), require_logprobs=True))
     with pytest.raises(ServedModelError, match="returned no logprobs.*require_logprobs: false"):
         strict.score(PROMPTS[:1], IMAGES[:1])
 
@@ -178,75 +126,33 @@ def test_a_dead_url_is_one_line_that_names_it_and_the_fix():
     assert "start the server or fix models.critic.base_url" in str(e.value)
 
 
+def test_a_web_server_that_is_not_openai_is_named(tmp_path):
+    """A real HTTP server (python -m http.server) whose /v1/models is a web page, not the API's JSON."""
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v1" / "models").write_text("<html>hello</html>")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        for _ in range(100):
+            try:
+                httpx.get(url + "/models", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        with pytest.raises(ServedModelError) as e:
+            ServedCritic(ServedCriticConfig(base_url=url, model="m", retries=0))
+        assert str(e.value) == (f"the server at {url} answered /models with something that is not the OpenAI "
+                                "API's answer (application/octet-stream: '<html>hello</html>'); check that "
+                                "models.critic.base_url is the /v1 root of an OpenAI-compatible server")
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
 @pytest.mark.slow
-def test_a_server_root_without_v1_is_named(server):
-    root = server.removesuffix("/v1")
+def test_a_server_root_without_v1_is_named(served_llava):
+    root = served_llava.removesuffix("/v1")
     with pytest.raises(ServedModelError, match=f"{root} answered HTTP 404.*ends with /v1"):
         ServedJudge(ServedJudgeConfig(base_url=root, model="m"))
-
-
-# ---- `refloop run` with the served critic and judge ----
-
-def run_config(tmp_path, tiny_models, url, folder):
-    """configs/served-transformers.yaml with the two things a user changes (base_url, model) and the image
-    model swapped for a tiny one."""
-    cfg = yaml.safe_load((CONFIGS / "served-transformers.yaml").read_text())
-    for role in ("critic", "judge"):
-        cfg["models"][role].update(base_url=url, model=str(folder))
-    cfg["models"]["image"]["path"] = str(tiny_models / "unified")
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def test_example_configs_differ_in_url_and_model_only():
-    from agent.config import RunConfig
-
-    bodies = {}
-    for name in SERVERS:
-        cfg = RunConfig.load(CONFIGS / f"served-{name}.yaml")
-        critic, judge = cfg.models.critic, cfg.models.judge
-        assert isinstance(critic, ServedCriticConfig) and isinstance(judge, ServedJudgeConfig)
-        assert (judge.base_url, judge.model) == (critic.base_url, critic.model)
-        body = cfg.model_dump()
-        for role in ("critic", "judge"):
-            del body["models"][role]["base_url"], body["models"][role]["model"]
-        bodies[name] = body
-    assert all(body == bodies["vllm"] for body in bodies.values())
-
-
-def test_run_with_a_dead_server_exits_2_in_one_line_and_writes_nothing(tmp_path, tiny_models):
-    from agent.cli import app
-
-    url = f"http://127.0.0.1:{free_port()}/v1"
-    config, out = run_config(tmp_path, tiny_models, url, "/path/to/model"), tmp_path / "run"
-    result = CliRunner().invoke(app, ["run", PROMPTS[0], "--config", str(config), "--out", str(out)])
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: cannot reach the served critic at {url} ("), result.output
-    assert lines[0].endswith(", 2 retries); start the server or fix models.critic.base_url"), result.output
-    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["run.yaml"]
-
-
-@pytest.mark.slow
-def test_run_with_the_served_critic_and_judge_logs_the_trajectory(tmp_path, tiny_models, server, llava_folder):
-    from agent.cli import app
-    from agent.store import RunStore
-
-    config, out = run_config(tmp_path, tiny_models, server, llava_folder), tmp_path / "run"
-    result = CliRunner().invoke(app, ["run", *PROMPTS[:2], "--config", str(config), "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["models"]["critic"] == {"path": f"{llava_folder} at {server}", "hash": None}
-    local = HFVLMCritic(HFVLMCriticConfig(path=str(llava_folder), max_new_tokens=400))  # the example's max_tokens
-    store = RunStore.open(out)
-    sessions = sorted(store.sessions(), key=lambda s: s.id)
-    assert [s.prompt for s in sessions] == PROMPTS[:2] and all(s.status == "done" for s in sessions)
-    for s in sessions:
-        first = s.rounds[0]
-        image = store.load_image(first.image)
-        assert first.critique == local.critique([s.prompt], [image])[0]  # the server's model saw this image
-        assert first.calls["critic"] == 1 and "from its text" in first.judge_reason
-        assert first.rewards["judge"] in (0.0, 1.0)
-    lines = (out / "sessions.jsonl").read_text().splitlines()
-    assert [json.loads(line)["rounds"][0]["critique"] for line in lines] == [s.rounds[0].critique for s in sessions]

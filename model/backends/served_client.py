@@ -83,9 +83,13 @@ class ServedModel:
 
     def check(self) -> None:
         """Ask the server for its models: a dead URL fails here, before anything is written."""
-        models = self._call(lambda: self.client.models.list())
+        raw = self._call(lambda: self.client.models.with_raw_response.list())
+        kind, body = raw.http_response.headers.get("content-type", "no content type"), raw.http_response.text
+        if "json" not in kind:
+            raise self._nonsense("/models", f"{kind}: {body[:40]!r}")
+        models = self._call(raw.parse)
         if not isinstance(getattr(models, "data", None), list):
-            raise self._nonsense("to /models", f"{type(models).__name__} {str(models)[:60]!r}")
+            raise self._nonsense("/models", f"{type(models).__name__} {str(models)[:60]!r}")
         self.listed = [m.id for m in models.data if getattr(m, "id", None)]  # names it serves (some list none)
 
     def chat(self, conversations: list[list[dict]], **params) -> list:
@@ -105,7 +109,7 @@ class ServedModel:
             with self._lock:
                 self.in_flight -= 1
         if not isinstance(reply, ChatCompletion) or not reply.choices:
-            raise self._nonsense("to /chat/completions", "no choices" if isinstance(reply, ChatCompletion)
+            raise self._nonsense("/chat/completions", "no choices" if isinstance(reply, ChatCompletion)
                                  else f"{type(reply).__name__} {str(reply)[:60]!r}")
         with self._lock:
             self.stats["requests"] += 1
@@ -135,16 +139,17 @@ class ServedModel:
             raise ServedModelError(f"the server at {url} answered HTTP 404 ({_detail(e)}); check that {where}.base_url "
                                    f"ends with /v1 and that it serves {where}.model {self.cfg.model!r}") from None
         except openai.APIStatusError as e:
-            raise ServedModelError(f"the server at {url} answered HTTP {e.status_code} ({_detail(e)}); check "
-                                   f"{where}.model {self.cfg.model!r} and {where}.extra_body") from None
-        except (openai.APIResponseValidationError, ValueError) as e:  # a body that is not what the API returns
-            raise self._nonsense("", f"{type(e).__name__}: {e}") from None
+            raise ServedModelError(f"the server at {url} answered HTTP {e.status_code} ({_detail(e)}); check that "
+                                   f"it is an OpenAI-compatible server that serves {where}.model {self.cfg.model!r} "
+                                   f"and takes {where}.extra_body") from None
+        except Exception as e:  # noqa: BLE001 - a body the client cannot read as the API's (an HTML page, say)
+            raise self._nonsense("a request", f"{type(e).__name__}: {e}") from None
 
     def _nonsense(self, what: str, got: str) -> ServedModelError:
         got = " ".join(got.split())[:80]
-        return ServedModelError(f"the server at {self.cfg.base_url} answered {what} with something that is not the "
-                                f"OpenAI API ({got}); check that models.{self.role}.base_url is an OpenAI-compatible "
-                                f"server's /v1 root")
+        return ServedModelError(f"the server at {self.cfg.base_url} answered {what} with something that is not "
+                                f"the OpenAI API's answer ({got}); check that models.{self.role}.base_url is the /v1 "
+                                "root of an OpenAI-compatible server")
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
@@ -165,4 +170,5 @@ def _detail(error) -> str:
         inner = body.get("error")
         body = body.get("detail") or body.get("message") or (inner.get("message") if isinstance(inner, dict)
                                                              else inner) or body
-    return " ".join(str(body or error.message).split())[:100]
+    text = " ".join(str(body or error.message).split())
+    return "an HTML page" if "<html" in text.lower() else text[:100]
