@@ -152,6 +152,12 @@ def test_a_web_server_that_is_not_openai_is_named(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_model_the_server_does_not_serve_is_named_at_load(served_llava):
+    with pytest.raises(ServedModelError, match="answered HTTP 400 \\(Server is pinned to .*models.critic.model 'm'"):
+        ServedCritic(ServedCriticConfig(base_url=served_llava, model="m"))
+
+
+@pytest.mark.slow
 def test_a_server_root_without_v1_is_named(served_llava):
     root = served_llava.removesuffix("/v1")
     with pytest.raises(ServedModelError, match=f"{root} answered HTTP 404.*ends with /v1"):

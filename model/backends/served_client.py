@@ -82,7 +82,8 @@ class ServedModel:
         return key
 
     def check(self) -> None:
-        """Ask the server for its models: a dead URL fails here, before anything is written."""
+        """Ask the server for its models, then for one token from this model: a dead URL, a wrong model
+        name or a refused key fails here, before a run writes anything."""
         raw = self._call(lambda: self.client.models.with_raw_response.list())
         kind, body = raw.http_response.headers.get("content-type", "no content type"), raw.http_response.text
         if "json" not in kind:
@@ -91,6 +92,8 @@ class ServedModel:
         if not isinstance(getattr(models, "data", None), list):
             raise self._nonsense("/models", f"{type(models).__name__} {str(models)[:60]!r}")
         self.listed = [m.id for m in models.data if getattr(m, "id", None)]  # names it serves (some list none)
+        self._one([{"role": "user", "content": "Answer yes or no: can you read this?"}], {"max_tokens": 1})
+        self.stats.clear()  # the probe is no work of the run
 
     def chat(self, conversations: list[list[dict]], **params) -> list:
         """One ChatCompletion per conversation, in order; the first failure is raised."""
