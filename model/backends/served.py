@@ -145,7 +145,13 @@ class ServedJudge:
         self.yes, self.no = {word(w) for w in cfg.yes_words}, {word(w) for w in cfg.no_words}
         if shared := self.yes & self.no:
             raise ValueError(f"{sorted(shared)} count as both yes and no")
-        self.server = ServedModel(cfg, "judge")
+        self.params = {"logprobs": True, "top_logprobs": cfg.top_logprobs} if cfg.logprobs else {}
+        try:
+            self.server = ServedModel(cfg, "judge", probe=self.params)
+        except ServedModelError as e:
+            if cfg.logprobs and "logprob" in str(e).lower():  # a server that refuses the logprobs fields
+                raise ServedModelError(f"{e}; if it refuses logprobs, set models.judge.logprobs: false") from None
+            raise
         self.path = self.server.path
         self.scored_by: Counter[str] = Counter()  # "logprobs" or "text": how each score was made
 
@@ -154,8 +160,7 @@ class ServedJudge:
             raise ValueError(f"{len(prompts)} prompts, {len(images)} images")
         chats = [[{"role": "user", "content": [url_part(i), text_part(self.cfg.template.replace("{prompt}", p))]}]
                  for p, i in zip(prompts, images)]
-        params = {"logprobs": True, "top_logprobs": self.cfg.top_logprobs} if self.cfg.logprobs else {}
-        replies = self.server.chat(chats, max_tokens=1, temperature=0.0, **params)
+        replies = self.server.chat(chats, max_tokens=1, temperature=0.0, **self.params)
         return [self._score(reply.choices[0]) for reply in replies]
 
     def _score(self, choice) -> JudgeScore:

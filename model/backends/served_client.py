@@ -58,7 +58,7 @@ class ServerConfig(BaseModel):
 class ServedModel:
     """The server behind one role; `chat` sends one request per row, at most `max_in_flight` at once."""
 
-    def __init__(self, cfg: ServerConfig, role: str):
+    def __init__(self, cfg: ServerConfig, role: str, probe: dict[str, Any] | None = None):
         from openai import OpenAI
 
         self.cfg, self.role = cfg, role
@@ -69,7 +69,7 @@ class ServedModel:
         self._lock = threading.Lock()
         self.in_flight = 0
         self.stats: Counter[str] = Counter()  # requests, prompt_tokens, completion_tokens, peak_in_flight
-        self.check()
+        self.check(probe or {})
 
     def _key(self) -> str:
         name = self.cfg.api_key_env
@@ -81,9 +81,10 @@ class ServedModel:
                                    f"export {name}=YOUR_KEY or drop api_key_env for a server without keys")
         return key
 
-    def check(self) -> None:
-        """Ask the server for its models, then for one token from this model: a dead URL, a wrong model
-        name or a refused key fails here, before a run writes anything."""
+    def check(self, probe: dict[str, Any]) -> None:
+        """Ask the server for its models, then for one token from this model (with the role's own request
+        fields, `probe`): a dead URL, a wrong model name, a refused key or field fails here, before a run
+        writes anything."""
         raw = self._call(lambda: self.client.models.with_raw_response.list())
         kind, body = raw.http_response.headers.get("content-type", "no content type"), raw.http_response.text
         if "json" not in kind:
@@ -92,7 +93,7 @@ class ServedModel:
         if not isinstance(getattr(models, "data", None), list):
             raise self._nonsense("/models", f"{type(models).__name__} {str(models)[:60]!r}")
         self.listed = [m.id for m in models.data if getattr(m, "id", None)]  # names it serves (some list none)
-        self._one([{"role": "user", "content": "Answer yes or no: can you read this?"}], {"max_tokens": 1})
+        self._one([{"role": "user", "content": "Answer yes or no: can you read this?"}], {**probe, "max_tokens": 1})
         self.stats.clear()  # the probe is no work of the run
 
     def chat(self, conversations: list[list[dict]], **params) -> list:
