@@ -6,7 +6,9 @@ of "Yes" for the first answer token, normalised over the yes and no tokens only 
 variant of each word counts), so a model that would rather say something else still gives a score.
 
 Both build their inputs with the processor's own chat template (`apply_chat_template` with the
-images in the messages), so any `AutoModelForImageTextToText` checkpoint works as saved.
+images in the messages), so any `AutoModelForImageTextToText` checkpoint works as saved. The critic
+may be given the session's earlier rounds: they go first, as a multi-image conversation
+(model/backends/chat.py, the same turns the served critic sends).
 """
 
 from __future__ import annotations
