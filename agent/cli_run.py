@@ -15,7 +15,15 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from agent.cli_common import check_out_dir, load_models_or_refuse, load_run_config, read_specs, run_config, saved_specs
+from agent.cli_common import (
+    check_out_dir,
+    config_task,
+    load_models_or_refuse,
+    load_run_config,
+    read_specs,
+    run_config,
+    saved_specs,
+)
 from agent.errors import FAILED, UsageError, exit_status, fail, refusals
 from agent.store import RunStore
 from agent.trajectory import SessionRecord
@@ -31,7 +39,8 @@ def bad_input(message: str) -> typer.Exit:
 def run_cmd(
     prompts: list[str] = typer.Argument(None, help="Prompts, e.g. 'two red circles above a blue square'."),
     prompts_file: Path = typer.Option(None, "--prompts", help="JSONL: one {prompt, id?, family?, seed?} a line."),
-    suite_name: str = typer.Option(None, "--suite", help="A fixed ShapeWorld suite: train, dev or test."),
+    suite_name: str = typer.Option(None, "--suite", help="A fixed suite of the task: train, dev or test "
+                                                         "(shapeworld), demo (open)."),
     per_family: int = typer.Option(None, help="With --suite: prompts per family."),
     config: Path = typer.Option(None, "--config", "-c", help="Run config YAML (models, stop policy, batching)."),
     max_rounds: int = typer.Option(None, help="Revisions allowed (0 = one-shot, at most 100)."),
@@ -60,10 +69,11 @@ def run_cmd(
                 specs = saved_specs(saved)
                 store = RunStore.open(resume, writer=True)  # RunBusy when another process writes it
             else:
-                specs = read_specs(prompts, prompts_file, suite_name, per_family, 0)  # fast: no torch yet
+                task = config_task(config)  # the config's task reads the prompts
+                specs = read_specs(prompts, prompts_file, suite_name, per_family, 0, task)  # fast: no torch yet
                 cfg = load_run_config(config, max_rounds=max_rounds)
                 if cfg.seed:
-                    specs = read_specs(prompts, prompts_file, suite_name, per_family, cfg.seed)
+                    specs = read_specs(prompts, prompts_file, suite_name, per_family, cfg.seed, task)
                 out = out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
                 check_out_dir(out)
             image_model, critic, judge = load_models_or_refuse(cfg, console)  # before anything is written
@@ -98,11 +108,12 @@ def create_run(out: Path, cfg, specs, image_model, critic, judge) -> RunStore:
 def run_all(store: RunStore, cfg, specs, image_model, critic, judge, review: bool) -> list[SessionRecord]:
     from agent.review import terminal_reviewer
     from agent.runner import make_runtime
-    from world import check_image
+    from tasks import load_task
 
-    rt = make_runtime(store, image_model, image_model, critic, cfg.stop, judge=judge,
-                      verifier=lambda p, img: check_image(p, img).ok, max_batch=cfg.max_batch, search=cfg.search)
-    reviewer = terminal_reviewer(console) if review else None
+    task = load_task(cfg.task)
+    rt = make_runtime(store, image_model, image_model, critic, cfg.stop, judge=judge, max_batch=cfg.max_batch,
+                      search=cfg.search, task=task, history=cfg.history)
+    reviewer = terminal_reviewer(console, task) if review else None
     return _run_with_progress(rt, specs, cfg.concurrency, reviewer)
 
 
@@ -125,6 +136,8 @@ def _run_with_progress(rt, specs, concurrency: int, reviewer=None) -> list[Sessi
     from agent.runner import run_sessions
 
     done = Counter()
+    from agent.metrics import share
+
     with Progress(TextColumn("sessions"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("rounds {task.fields[rounds]}  accuracy {task.fields[acc]}"),
                   TimeElapsedColumn(), console=console, disable=reviewer is not None) as bar:
@@ -133,8 +146,11 @@ def _run_with_progress(rt, specs, concurrency: int, reviewer=None) -> list[Sessi
         def on_done(record: SessionRecord) -> None:
             done["n"] += 1
             done["rounds"] += len(record.rounds)
-            done["right"] += bool(record.rounds and record.rounds[-1].correct)
-            bar.update(task, advance=1, rounds=done["rounds"], acc=f"{done['right'] / done['n']:.2f}")
+            last = record.rounds[-1].correct if record.rounds else None
+            done["judged"] += last is not None
+            done["right"] += bool(last)
+            acc = share(done["right"], done["judged"])
+            bar.update(task, advance=1, rounds=done["rounds"], acc="unknown" if acc is None else f"{acc:.2f}")
 
         return asyncio.run(run_sessions(rt, specs, concurrency, on_done=on_done, reviewer=reviewer))
 
@@ -143,11 +159,17 @@ def print_summary(records: list[SessionRecord]) -> None:
     from rich.table import Table
 
     n = len(records)
-    first = sum(bool(r.rounds and r.rounds[0].correct) for r in records)
-    final = sum(bool(r.rounds and r.rounds[-1].correct) for r in records)
+
+    def acc(k: int) -> str:
+        """Right sessions over all (a failed one counts as wrong); unknown when no round has a verdict."""
+        verdicts = [r.rounds[k].correct if r.rounds else False for r in records]
+        if not n or all(v is None for v in verdicts):
+            return "-" if not n else "unknown"
+        return f"{sum(bool(v) for v in verdicts) / n:.3f}"
+
     table = Table("sessions", "Acc@0", "Acc@final", "mean rounds", "stop reasons", title="run summary")
     reasons = Counter(r.stop_reason or f"failed: {r.error}"[:60] for r in records)
-    table.add_row(str(n), f"{first / n:.3f}" if n else "-", f"{final / n:.3f}" if n else "-",
+    table.add_row(str(n), acc(0), acc(-1),
                   f"{sum(len(r.rounds) for r in records) / max(n, 1):.2f}",
                   ", ".join(f"{k} {v}" for k, v in reasons.most_common()))
     console.print(table)

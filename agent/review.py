@@ -55,7 +55,7 @@ def human_critique_update(rt: Runtime, session_id: str, round_index: int, critiq
                           scores: list[float]) -> dict:
     """Write a person's critique into round `round_index` of the session's record, and return the
     state update (with the stop policy's decision) that the critique node would have returned."""
-    parsed = parse_critique(critique)
+    parsed = rt.parse_critique(critique)
     record = rt.store.get(session_id).rounds[round_index]
     rt.store.upsert_round(session_id, record.model_copy(update={
         "critique": critique.strip(), "verdict": parsed.verdict, "instruction": parsed.instruction,
@@ -82,8 +82,9 @@ async def review_paused(graph, rt: Runtime, config: dict, reviewer: Reviewer) ->
         await graph.aupdate_state(config, {"stop_reason": "rejected_by_reviewer"}, as_node="critique")
 
 
-def edited_critique(original: str | None, instruction: str) -> str:
-    """The critic's reflection with the person's instruction (or 'right') in place of its own."""
+def edited_critique(original: str | None, instruction: str, task=None) -> str:
+    """The critic's reflection with the person's instruction (or 'right') in place of its own;
+    ValueError when the task's check refuses the instruction (ShapeWorld: its edit grammar)."""
     try:
         base = parse_critique(original or "")
         seen, wrong = base.observations, base.defects
@@ -91,12 +92,16 @@ def edited_critique(original: str | None, instruction: str) -> str:
         seen, wrong = [], []
     if instruction.strip().lower() == "right":
         return Critique(verdict="right", observations=seen).text
-    return Critique(verdict="wrong", observations=seen, defects=wrong or ["as the reviewer says"],
+    text = Critique(verdict="wrong", observations=seen, defects=wrong or ["as the reviewer says"],
                     instruction=" ".join(instruction.lower().split())).text
+    if task is not None:
+        task.parse_critique(text)  # CritiqueError (a ValueError) names what the task cannot carry out
+    return text
 
 
-def terminal_reviewer(console: Console | None = None) -> Reviewer:
-    """Asks in the terminal, one session at a time; other sessions keep running meanwhile."""
+def terminal_reviewer(console: Console | None = None, task=None) -> Reviewer:
+    """Asks in the terminal, one session at a time; other sessions keep running meanwhile. A new
+    instruction must pass the task's check (ShapeWorld: its edit grammar) or is asked for again."""
     console = console or Console()
     lock = asyncio.Lock()
 
@@ -112,7 +117,7 @@ def terminal_reviewer(console: Console | None = None) -> Reviewer:
                 return ReviewDecision(action="reject")
             text = Prompt.ask(escape(f"new instruction (an edit, '{REGENERATE}', or 'right')"), console=console)
             try:
-                return ReviewDecision(action="edit", critique=edited_critique(request.critique, text))
+                return ReviewDecision(action="edit", critique=edited_critique(request.critique, text, task))
             except ValueError as e:
                 console.print(f"[red]not usable:[/] {e}", highlight=False)
 

@@ -271,6 +271,21 @@ def test_critic_prompt_carries_the_format_and_batching_is_invisible(critic):
     assert both[1] == critic.critique(PROMPTS[1:], images[1:])[0]  # row 1 is the shorter one: left-padded
 
 
+def test_critic_history_is_a_multi_image_conversation(critic):
+    """Earlier rounds go first, each image asked about as the current one is and answered with its
+    reflection; rows with and without history share a batch."""
+    a, b, c = (np.full((32, 32, 3), v, np.uint8) for v in (10, 120, 240))
+    history = [[(a, "verdict: wrong\nedit: make it red"), (b, "verdict: wrong\nedit: add a dog")], []]
+    batch = critic.inputs(PROMPTS, [c, c], history)
+    assert batch["pixel_values"].shape[0] == 3 + 1  # row 0: two earlier images and its own; row 1: its own
+    text = critic.processor.tokenizer.decode(batch["input_ids"][0], skip_special_tokens=True)
+    assert text.count(PROMPTS[0]) == 3 and text.index("make it red") < text.index("add a dog")
+    assert text.rstrip().endswith("ASSISTANT:")
+    both = critic.critique(PROMPTS, [c, c], history=history)
+    assert both[0] == critic.critique(PROMPTS[:1], [c], history=history[:1])[0]
+    assert both[1] == critic.critique(PROMPTS[1:], [c])[0]  # no history: exactly today's single-image chat
+
+
 def test_judge_is_p_yes_over_the_yes_and_no_tokens(judge):
     tokenizer = judge.processor.tokenizer
     assert tokenizer.convert_ids_to_tokens(judge.yes_ids) == ["\u2581Yes", "\u2581yes"]  # YES is no single token
@@ -328,7 +343,7 @@ def test_kind_defaults_to_the_embedded_models():
 
 
 @pytest.mark.parametrize("name", ["diffusers-sd", "flux-kontext", "qwen-image-edit", "hf-vlm-critic",
-                                  "hf-vlm-judge"])
+                                  "hf-vlm-judge", "open-diffusers-vlm"])
 def test_example_configs_validate(name):
     """Each example is a whole run config whose only placeholders are model folders."""
     from agent.config import RunConfig

@@ -10,6 +10,7 @@ from agent.runner import SessionSpec, make_runtime, run_sessions
 from agent.store import RunStore
 from agent.trajectory import RunManifest
 from policies.stop import StopPolicy
+from tasks.shapeworld import ShapeWorldTask
 
 ADD = "seen: nothing\nwrong: expected a circle, found none\nverdict: wrong\nedit: add a circle"
 RIGHT = "seen: a circle\nwrong: nothing\nverdict: right"
@@ -55,8 +56,9 @@ def test_accept_edit_reject(tmp_path, tiny_image_model):
 def test_edited_critique():
     assert edited_critique(ADD, "right") == "seen: nothing\nwrong: nothing\nverdict: right"
     assert edited_critique("garbage", "Add a  red circle").endswith("edit: add a red circle")
-    with pytest.raises(ValueError):
-        edited_critique(ADD, "paint it blue")
+    with pytest.raises(ValueError):  # the shapeworld task checks its edit grammar; free text passes
+        edited_critique(ADD, "paint it blue", ShapeWorldTask())
+    assert edited_critique(ADD, "paint it blue").endswith("edit: paint it blue")
     with pytest.raises(ValueError):
         ReviewDecision(action="edit")
     with pytest.raises(ValueError):
@@ -72,7 +74,7 @@ def test_terminal_reviewer_asks_until_the_answer_is_usable(monkeypatch):
 
     monkeypatch.setattr("sys.stdin", io.StringIO("x\ne\npaint it blue\ne\nAdd a red circle\nr\n"))
     out = io.StringIO()
-    review = terminal_reviewer(Console(file=out, width=100))
+    review = terminal_reviewer(Console(file=out, width=100), ShapeWorldTask())
     request = ReviewRequest(session_id="s", prompt="a red circle", round=0, image="/tmp/x.png", critique=ADD,
                             instruction="add a circle")
     decision = asyncio.run(review(request))

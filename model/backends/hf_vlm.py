@@ -1,7 +1,10 @@
 """Any local transformers vision-language model behind the Critic and Judge roles.
 
-The critic asks the model to reflect on an image in the format of policies/critique.py and returns
-its text. The judge asks a yes/no question and scores the image as VQAScore does: the probability
+The critic asks the model to reflect on an image in the format of policies/critique.py (in the
+run's task's words unless the config gives a template) and returns its text. With history, the
+session's earlier rounds come first as a multi-image conversation: each earlier image with the
+same question, and the model's own reflection on it as its answer.
+The judge asks a yes/no question and scores the image as VQAScore does: the probability
 of "Yes" for the first answer token, normalised over the yes and no tokens only (every case
 variant of each word counts), so a model that would rather say something else still gives a score.
 
@@ -13,28 +16,16 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+from policies.critique import CRITIC_TEMPLATE
 
-CRITIC_TEMPLATE = """This image was generated for the prompt: "{prompt}".
-Check the image against the prompt. Answer in exactly this format, one field a line:
-seen: the objects you see, each with its colour and place, separated by ';'
-wrong: what does not match the prompt, separated by ';' (or: nothing)
-verdict: right or wrong
-edit: ONE instruction that fixes the image (only when the verdict is wrong)
-An edit is one of: add two yellow squares | remove the blue square | make the green triangle red | \
-move the red circle below the blue square | regenerate (when no single edit can fix it).
-Example:
-seen: a red circle (top left); a blue square (bottom right)
-wrong: the circle is not below the square (it is above it)
-verdict: wrong
-edit: move the red circle below the blue square"""
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 JUDGE_TEMPLATE = "Does this image show {prompt}? Answer yes or no."
 
@@ -45,19 +36,20 @@ class VLMConfig(BaseModel):
     path: str  # folder with the model and its processor (save_pretrained of both)
     device: str = "cpu"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    template: str  # the user's message next to the image; {prompt} is replaced by the session's prompt
+    template: str | None  # the user's message next to the image; {prompt} is replaced by the session's prompt
 
     @field_validator("template")
     @classmethod
-    def _has_prompt(cls, template: str) -> str:
-        if "{prompt}" not in template:
+    def _has_prompt(cls, template: str | None) -> str | None:
+        if template is not None and "{prompt}" not in template:
             raise ValueError("the template must contain {prompt}")
         return template
 
 
 class HFVLMCriticConfig(VLMConfig):
+    supports_history: ClassVar[bool] = True  # earlier rounds go in as a multi-image conversation
     kind: Literal["hf_vlm"] = "hf_vlm"
-    template: str = CRITIC_TEMPLATE
+    template: str | None = None  # None: the task's words (the loop fills them in), else the general format
     max_new_tokens: int = Field(160, ge=1)
 
 
@@ -93,24 +85,35 @@ class VLM:
         self.model, self.processor = load_vlm(cfg.path, cfg.dtype, cfg.device)
         self._lock = threading.Lock()
 
-    def inputs(self, prompts: list[str], images: list[np.ndarray]):
-        """One chat per row: the image, then the template with the prompt; left-padded, so that every
-        row's next token comes right after its own prompt."""
-        if len(prompts) != len(images):
-            raise ValueError(f"{len(prompts)} prompts, {len(images)} images")
-        chats = [[{"role": "user", "content": [
+    def ask(self, prompt: str, image: np.ndarray) -> dict:
+        template = self.cfg.template or CRITIC_TEMPLATE
+        return {"role": "user", "content": [
             {"type": "image", "image": Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")},
-            {"type": "text", "text": self.cfg.template.replace("{prompt}", prompt)}]}]
-            for prompt, image in zip(prompts, images)]
+            {"type": "text", "text": template.replace("{prompt}", prompt)}]}
+
+    def inputs(self, prompts: list[str], images: list[np.ndarray], history: list[list] | None = None):
+        """One chat per row: the image, then the template with the prompt, after the row's earlier
+        rounds (each image asked about the same way, answered with its reflection); left-padded, so
+        that every row's next token comes right after its own prompt."""
+        if len(prompts) != len(images) or (history is not None and len(history) != len(images)):
+            raise ValueError(f"{len(prompts)} prompts, {len(images)} images, "
+                             f"{len(history) if history is not None else 'no'} histories")
+        chats = []
+        for n, (prompt, image) in enumerate(zip(prompts, images)):
+            chat = []
+            for past_image, reflection in (history[n] if history is not None else []):
+                chat += [self.ask(prompt, past_image),
+                         {"role": "assistant", "content": [{"type": "text", "text": reflection}]}]
+            chats.append([*chat, self.ask(prompt, image)])
         batch = self.processor.apply_chat_template(
             chats, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
             processor_kwargs={"padding": True, "padding_side": "left"})
         return batch.to(self.cfg.device, dtype=self.model.dtype)  # pixels in the model's dtype; ids stay ints
 
     @torch.inference_mode()
-    def answer(self, prompts: list[str], images: list[np.ndarray], **kwargs):
+    def answer(self, prompts: list[str], images: list[np.ndarray], history: list[list] | None = None, **kwargs):
         """Greedy generation; (inputs, output ids or generate's dict)."""
-        batch = self.inputs(prompts, images)
+        batch = self.inputs(prompts, images, history)
         with self._lock:
             return batch, self.model.generate(**batch, do_sample=False, **kwargs)
 
@@ -118,9 +121,10 @@ class VLM:
 class HFVLMCritic(VLM):
     cfg: HFVLMCriticConfig
 
-    def critique(self, prompts: list[str], images: list[np.ndarray]) -> list[str]:
-        """Greedy reflections, the text only (policies.critique parses it)."""
-        batch, out = self.answer(prompts, images, max_new_tokens=self.cfg.max_new_tokens)
+    def critique(self, prompts: list[str], images: list[np.ndarray], history: list[list] | None = None) -> list[str]:
+        """Greedy reflections, the text only (policies.critique parses it). `history[n]`: row n's
+        earlier rounds as (image, reflection) pairs, oldest first."""
+        batch, out = self.answer(prompts, images, history, max_new_tokens=self.cfg.max_new_tokens)
         new = out[:, batch["input_ids"].shape[1]:]
         return [t.strip() for t in self.processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
