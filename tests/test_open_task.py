@@ -161,3 +161,36 @@ def test_the_open_demo_suite():
     assert len(task.suite("demo", per_family=1)) == len(task.families)
     with pytest.raises(ValueError, match="demo"):
         task.suite("dev")
+
+
+def test_bench_on_the_open_task_needs_a_judge(tmp_path, monkeypatch):
+    use_fake_models(monkeypatch, tmp_path / "models")
+    config = tmp_path / "open.yaml"
+    config.write_text(yaml.safe_dump({"task": "open", "stop": {"max_rounds": 1},
+                                      "models": {"critic": {"kind": "hf_vlm", "path": "/some/vlm"}}}))
+    result = runner.invoke(app, ["bench", "--config", str(config), "--out", str(tmp_path / "bench")])
+    assert result.exit_code == 2 and "best-of-N needs a judge" in result.output and "open task" in result.output
+    assert not (tmp_path / "bench").exists()
+
+
+def imported(folder: str) -> set[str]:
+    """Top-level packages of refloop that the modules of a folder import."""
+    import ast
+
+    found = set()
+    for path in (ROOT / folder).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
+            found |= {n.split(".")[0] for n in names}
+    return found & {"agent", "tasks", "policies", "rewards", "model", "world"}
+
+
+def test_imports_point_one_way():
+    """tasks -> policies (and world, in tasks/shapeworld.py only); policies import no other layer."""
+    assert imported("policies") <= {"policies"}
+    assert imported("tasks") <= {"tasks", "policies", "world"}
+    shapeworld = {p.name for p in (ROOT / "tasks").glob("*.py")
+                  if any(line.startswith(("from world", "import world")) for line in p.read_text().splitlines())}
+    assert shapeworld == {"shapeworld.py"}
+    assert imported("world") <= {"world"} and "agent" not in imported("model") | imported("rewards")
