@@ -194,3 +194,20 @@ def test_imports_point_one_way():
                   if any(line.startswith(("from world", "import world")) for line in p.read_text().splitlines())}
     assert shapeworld == {"shapeworld.py"}
     assert imported("world") <= {"world"} and "agent" not in imported("model") | imported("rewards")
+
+
+def test_a_bench_report_without_ground_truth_says_unknown(tmp_path):
+    from agent.bench import Arm, BenchReport, targets
+    from agent.bench_report import markdown, write_report
+    from agent.trajectory import RoundRecord, SessionRecord
+
+    records = [SessionRecord(id="a", prompt="a cat", seed=0, status="done", stop_reason="max_rounds",
+                             rounds=[RoundRecord(index=0, image="i.png")])]
+    by_family = {"objects": metrics(records), "overall": metrics(records)}
+    arms = {n: Arm(name=n, run_dir="d", wall_seconds=1.0, stop={}, search={}, metrics=by_family)
+            for n in ("one_shot", "best_of_n", "reflection")}
+    report = BenchReport(suite="demo", sessions=1, max_rounds=1, budget=2, arms=arms, targets=targets(arms))
+    write_report(report, tmp_path)
+    text = markdown(report)
+    assert "| overall | reflection | 1 | unknown | unknown |" in text and "0.000" not in text
+    assert not any(t.met for t in report.targets) and (tmp_path / "bench.png").stat().st_size > 0
