@@ -1,6 +1,9 @@
 """The reflection loop as a LangGraph state machine.
 
-    generate -> critique -> (stop? finish : revise -> critique -> ...)
+    generate -> critique -> (stop? finish : [review ->] revise -> critique -> ...)
+
+With human review, the `review` node asks a person about each critique before its revision with
+LangGraph's `interrupt()`; the runner answers with `Command(resume=...)` (agent/review.py).
 
 State holds paths and small values only; pixels live in the run store. Each node writes its
 round to the store as it happens (a node re-run after a crash overwrites its own round), and
@@ -26,7 +29,7 @@ from typing import Annotated, Literal
 
 import numpy as np
 from langgraph.graph import END, START, StateGraph
-from langgraph.types import Overwrite, Send
+from langgraph.types import Overwrite, Send, interrupt
 from pydantic import BaseModel
 
 from agent.store import RunStore
@@ -119,8 +122,23 @@ def earlier_rounds(rt: Runtime, session_id: str | None, current: int) -> list[tu
     return [(rt.store.load_image(r.image), r.critique or "") for r in rounds]
 
 
-def build_graph(rt: Runtime, checkpointer=None, interrupt_before: list[str] | None = None):
-    """`interrupt_before=["revise"]` pauses each session after its critique (human review)."""
+def human_critique_update(rt: Runtime, session_id: str, round_index: int, critique: str,
+                          scores: list[float]) -> dict:
+    """Write a person's critique into round `round_index` of the session's record, and return the
+    state update (with the stop policy's decision) that the critique node would have returned."""
+    parsed = rt.parse_critique(critique)
+    record = rt.store.get(session_id).rounds[round_index]
+    rt.store.upsert_round(session_id, record.model_copy(update={
+        "critique": critique.strip(), "verdict": parsed.verdict, "instruction": parsed.instruction,
+        "critique_error": None, "critique_by": "human"}))
+    stop = rt.policy.decide(round_index, parsed.verdict, scores, None, parsed.instruction)
+    return {"verdict": parsed.verdict, "instruction": parsed.instruction, "critique_error": None,
+            "stop_reason": stop}
+
+
+def build_graph(rt: Runtime, checkpointer=None, review: bool = False):
+    """`review=True` asks a person about every critique before its revision (the `review` node's
+    interrupt); the node is always in the graph, so a run paused there resumes with or without it."""
     if rt.judge is None and (rt.search.best_of > 1 or rt.search.revisions > 1):
         raise ValueError("a search with several candidates per round needs a judge")
 
@@ -226,6 +244,21 @@ def build_graph(rt: Runtime, checkpointer=None, interrupt_before: list[str] | No
     async def revise(state: LoopState) -> dict:
         return await open_round(state, state.revisions + 1)
 
+    def review_request(state: LoopState) -> dict:
+        return {"session_id": state.session_id, "prompt": state.prompt, "round": state.revisions,
+                "image": str(rt.store.image_path(state.image).resolve()), "instruction": state.instruction,
+                "critique": rt.store.get(state.session_id).rounds[state.revisions].critique}
+
+    async def review_node(state: LoopState) -> dict:
+        """Pause for a person (interrupt); resumed with {"action": accept|edit|reject, "critique": ...}."""
+        answer = interrupt(await asyncio.to_thread(review_request, state))
+        if answer["action"] == "reject":
+            return {"stop_reason": "rejected_by_reviewer"}
+        if answer["action"] == "edit":
+            return await asyncio.to_thread(human_critique_update, rt, state.session_id, state.revisions,
+                                           answer["critique"], list(state.scores))
+        return {}
+
     async def finish(state: LoopState) -> dict:
         await asyncio.to_thread(rt.store.finish_session, state.session_id, state.stop_reason, state.image)
         return {}
@@ -239,12 +272,15 @@ def build_graph(rt: Runtime, checkpointer=None, interrupt_before: list[str] | No
     graph.add_node("pick", pick_node)
     graph.add_node("critique", critique)
     graph.add_node("revise", revise)
+    graph.add_node("review", review_node)
     graph.add_node("finish", finish)
     graph.add_edge(START, "generate")
     graph.add_conditional_edges("generate", fan_out, ["candidate", "critique"])
     graph.add_edge("candidate", "pick")
     graph.add_edge("pick", "critique")
-    graph.add_conditional_edges("critique", lambda s: "finish" if s.stop_reason else "revise", ["finish", "revise"])
+    after = "review" if review else "revise"
+    graph.add_conditional_edges("critique", lambda s: "finish" if s.stop_reason else after, ["finish", after])
+    graph.add_conditional_edges("review", lambda s: "finish" if s.stop_reason else "revise", ["finish", "revise"])
     graph.add_conditional_edges("revise", fan_out, ["candidate", "critique"])
     graph.add_edge("finish", END)
-    return graph.compile(checkpointer=checkpointer, interrupt_before=interrupt_before)
+    return graph.compile(checkpointer=checkpointer)

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import aiosqlite
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from langgraph.types import Command
 
 from agent.config import RunConfig
 from agent.graph import LoopState, Runtime, build_graph
-from agent.review import Reviewer, review_paused
+from agent.review import Reviewer, ask
 from agent.trajectory import SessionRecord, SessionSpec
 from model.backends import load_critic, load_image_model, load_judge
 from model.roles import Critic, Editor, Generator, Judge
@@ -45,7 +46,8 @@ async def run_sessions(rt: Runtime, specs: list[SessionSpec], concurrency: int =
     """Run (or finish) every session in `specs`; sessions already done are left as they are.
     With a reviewer, each session pauses before every revision until the reviewer answers."""
     saver = await open_checkpointer(rt.store.root / CHECKPOINTS)
-    graph = build_graph(rt, saver, interrupt_before=["revise"] if reviewer else None)
+    graph = build_graph(rt, saver, review=reviewer is not None)
+    limit = rt.recursion_limit + (rt.policy.max_rounds + 1 if reviewer else 0)  # a review node per revision
     gate = asyncio.Semaphore(concurrency)
 
     async def one(spec: SessionSpec) -> SessionRecord:
@@ -58,18 +60,18 @@ async def run_sessions(rt: Runtime, specs: list[SessionSpec], concurrency: int =
             id=spec.id, prompt=spec.prompt, family=spec.family, seed=spec.seed, started_at=time.time()))
         if record.status != "running":
             return record
-        config = {"configurable": {"thread_id": spec.id}, "recursion_limit": rt.recursion_limit}
+        config = {"configurable": {"thread_id": spec.id}, "recursion_limit": limit}
         snapshot = await graph.aget_state(config)
-        start = None if snapshot.values else LoopState(session_id=spec.id, prompt=spec.prompt, seed=spec.seed)
+        step = None if snapshot.values else LoopState(session_id=spec.id, prompt=spec.prompt, seed=spec.seed)
         try:
-            while True:  # one pass without a reviewer; one per revision with one
-                if reviewer is not None and snapshot.next == ("revise",):
-                    with rt.crowd.away() if rt.crowd else contextlib.nullcontext():  # a person may take minutes
-                        await review_paused(graph, rt, config, reviewer)
-                await graph.ainvoke(start, config, durability="sync")
-                start, snapshot = None, await graph.aget_state(config)
-                if not snapshot.next:
+            while True:  # one pass; with review, one more per answer (the review node's interrupt)
+                await graph.ainvoke(step, config, durability="sync")
+                snapshot = await graph.aget_state(config)
+                pending = [i.value for task in snapshot.tasks for i in task.interrupts]
+                if not pending:
                     break
+                with rt.crowd.away() if rt.crowd else contextlib.nullcontext():  # a person may take minutes
+                    step = Command(resume=await ask(reviewer, pending[0]))
             record = rt.store.get(spec.id)
         except Exception as e:  # noqa: BLE001 - one session's failure must not sink the others
             record = rt.store.fail_session(spec.id, f"{type(e).__name__}: {e}")
