@@ -20,7 +20,6 @@ import asyncio
 import tempfile
 import time
 from collections.abc import Callable
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +29,15 @@ from agent.bench_report import write_report
 from agent.config import RunConfig
 from agent.graph import Runtime
 from agent.metrics import Metrics, by_family
+from agent.run import Run
 from agent.runner import SessionSpec, run_sessions
 from agent.store import RunStore, atomic_write
-from agent.trajectory import RunManifest, SessionRecord
+from agent.trajectory import SessionRecord
 from model.worker import BusyClock
 from policies.search import SearchPolicy
 from tasks import load_task
 
 RuntimeFactory = Callable[[RunStore, RunConfig], Runtime]
-SPECS = "prompts.jsonl"  # as `refloop run` writes it, so `refloop run --resume ARM` works
 ARMS = ("one_shot", "best_of_n", "best_of_n_oracle", "reflection")
 BUDGET_RULE = ("best-of-N gets N = the generator + editor calls the reflection arm may make "
                "(best_of + max_rounds x revisions; 1 + max_rounds without search); "
@@ -123,20 +122,9 @@ def arm_configs(cfg: RunConfig, max_rounds: int) -> dict[str, RunConfig]:
     return arms
 
 
-def _refloop_version() -> str:
-    try:
-        return version("refloop")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def create_run(path: Path, cfg: RunConfig, specs: list[SessionSpec], models: dict[str, dict]) -> RunStore:
-    """A run directory as `refloop run` makes it (manifest, prompts), so inspect and resume work on it."""
-    manifest = RunManifest(run_id=path.name, created_at=time.time(), config=cfg.model_dump(mode="json"),
-                           seed=cfg.seed, models=models, refloop_version=_refloop_version())
-    store = RunStore.create(path, manifest)
-    atomic_write(store.root / SPECS, "".join(s.model_dump_json() + "\n" for s in specs).encode())
-    return store
+    """A run directory as `refloop run` makes it (agent/run.py), so inspect and resume work on an arm."""
+    return Run.create(path, cfg, specs, models).store
 
 
 def run_timed(rt: Runtime, specs: list[SessionSpec], concurrency: int) -> tuple[list[SessionRecord], float]:

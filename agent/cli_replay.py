@@ -37,21 +37,22 @@ def replay_cmd(
     Exit status: 0 the fork is done; 1 it failed or was left unfinished; 2 bad input or another
     process writes the run (nothing written).
     """
-    store = None
+    run = None
     try:
         with refusals():
             reader = RunStore.open(run_dir)
             record = reader.get(session)
             cfg = run_config(reader.manifest.config, f"the config saved in {reader.root}")
-            task = run_task(cfg)
-            critique = check_request(record, from_round, critique, critique_file, task)
-            store = RunStore.open(run_dir, writer=True)
+            critique = check_request(record, from_round, critique, critique_file, run_task(cfg))
+            from agent.run import Run
+
+            run = Run(RunStore.open(run_dir, writer=True), cfg, [])  # the fork's writer
             image_model, critic, judge = load_models_or_refuse(cfg, console)
-        fork = replay(store, cfg, task, session, from_round, critique, image_model, critic, judge)
-        store.write_jsonl()
+        fork = replay(run, session, from_round, critique, image_model, critic, judge)
+        run.store.write_jsonl()
     finally:
-        if store is not None:
-            store.close()
+        if run is not None:
+            run.close()
     print_fork(fork)
     raise typer.Exit(exit_status([fork]))
 
@@ -94,15 +95,13 @@ def run_task(cfg):
         raise UsageError(str(e)) from None
 
 
-def replay(store: RunStore, cfg, task, session: str, from_round: int | None, critique: str | None, image_model,
-           critic, judge) -> SessionRecord:
+def replay(run, session: str, from_round: int | None, critique: str | None, image_model, critic,
+           judge) -> SessionRecord:
     import asyncio
 
     from agent.replay import ReplayError, fork_session, resume_fork
-    from agent.runner import make_runtime
 
-    rt = make_runtime(store, image_model, image_model, critic, cfg.stop, judge=judge, max_batch=cfg.max_batch,
-                      search=cfg.search, task=task, history=cfg.history)
+    rt = run.runtime(image_model, critic, judge)
 
     async def go() -> SessionRecord:
         try:

@@ -15,17 +15,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from agent.cli_common import (
-    check_out_dir,
-    config_task,
-    load_models_or_refuse,
-    load_run_config,
-    read_specs,
-    run_config,
-    saved_specs,
-)
+from agent.cli_common import check_out_dir, config_task, load_models_or_refuse, load_run_config, read_specs
 from agent.errors import FAILED, UsageError, exit_status, fail, refusals
-from agent.store import RunStore
 from agent.trajectory import SessionRecord
 
 console = Console()
@@ -55,7 +46,7 @@ def run_cmd(
     Exit status: 0 every session done; 1 a session failed or was left unfinished; 2 bad input or a
     refused start (another process writes the run, say): nothing written.
     """
-    store = None
+    run = None
     try:
         with refusals():
             if resume:
@@ -64,10 +55,10 @@ def run_cmd(
                 if ignored := [name for name, value in given.items() if value not in (None, [], ())]:
                     raise UsageError(f"--resume finishes {resume} with its own prompts and config; "
                                      f"drop {', '.join(ignored)}")
-                saved = RunStore.open(resume)  # a reader: check what was saved before taking the lock
-                cfg = run_config(saved.manifest.config, f"the config saved in {saved.root}")
-                specs = saved_specs(saved)
-                store = RunStore.open(resume, writer=True)  # RunBusy when another process writes it
+                from agent.run import Run
+
+                run = Run.open(resume)  # its saved config and prompts, checked; RunBusy when another process writes
+                cfg, specs = run.cfg, run.specs
             else:
                 task = config_task(config)  # the config's task reads the prompts
                 specs = read_specs(prompts, prompts_file, suite_name, per_family, 0, task)  # fast: no torch yet
@@ -78,12 +69,12 @@ def run_cmd(
                 check_out_dir(out)
             image_model, critic, judge = load_models_or_refuse(cfg, console)  # before anything is written
             if not resume:
-                store = create_run(out, cfg, specs, image_model, critic, judge)
-        records = run_all(store, cfg, specs, image_model, critic, judge, review)
-        store.write_jsonl()
+                run = create_run(out, cfg, specs, image_model, critic, judge)
+        records = run_all(run, image_model, critic, judge, review)
     finally:
-        if store is not None:
-            store.close()
+        if run is not None:
+            run.close()
+    store = run.store
     print_summary(records)
     if forks := [s.id for s in store.sessions() if s.parent_id and s.status == "running"]:
         console.print(f"unfinished forks, finished by `refloop replay {store.root} ID`: {', '.join(forks)}",
@@ -95,26 +86,23 @@ def run_cmd(
     raise typer.Exit(code)
 
 
-def create_run(out: Path, cfg, specs, image_model, critic, judge) -> RunStore:
-    from agent.bench import create_run as create
+def create_run(out: Path, cfg, specs, image_model, critic, judge):
+    """The run directory (manifest with the model folders and their hashes, prompts), under its lock."""
     from agent.cli_common import folder_hash
+    from agent.run import Run
     from agent.runner import model_folders
 
     models = {role: {"path": str(path), "hash": folder_hash(Path(path))}
               for role, path in model_folders(image_model, critic, judge).items()}
-    return create(out, cfg, specs, models)  # manifest, then prompts.jsonl; holds the writer lock
+    return Run.create(out, cfg, specs, models)
 
 
-def run_all(store: RunStore, cfg, specs, image_model, critic, judge, review: bool) -> list[SessionRecord]:
+def run_all(run, image_model, critic, judge, review: bool) -> list[SessionRecord]:
     from agent.review import terminal_reviewer
-    from agent.runner import make_runtime
-    from tasks import load_task
 
-    task = load_task(cfg.task)
-    rt = make_runtime(store, image_model, image_model, critic, cfg.stop, judge=judge, max_batch=cfg.max_batch,
-                      search=cfg.search, task=task, history=cfg.history)
-    reviewer = terminal_reviewer(console, task) if review else None
-    return _run_with_progress(rt, specs, cfg.concurrency, reviewer)
+    rt = run.runtime(image_model, critic, judge)
+    reviewer = terminal_reviewer(console, run.task) if review else None
+    return _run_with_progress(run, rt, reviewer)
 
 
 def report_unfinished(root: Path, records: list[SessionRecord]) -> None:
@@ -128,20 +116,16 @@ def report_unfinished(root: Path, records: list[SessionRecord]) -> None:
                      highlight=False, markup=False)
 
 
-def _run_with_progress(rt, specs, concurrency: int, reviewer=None) -> list[SessionRecord]:
-    import asyncio
-
+def _run_with_progress(run, rt, reviewer=None) -> list[SessionRecord]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from agent.runner import run_sessions
-
-    done = Counter()
     from agent.metrics import share
 
+    done = Counter()
     with Progress(TextColumn("sessions"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("rounds {task.fields[rounds]}  accuracy {task.fields[acc]}"),
                   TimeElapsedColumn(), console=console, disable=reviewer is not None) as bar:
-        task = bar.add_task("run", total=len(specs), rounds=0, acc="-")
+        task = bar.add_task("run", total=len(run.specs), rounds=0, acc="-")
 
         def on_done(record: SessionRecord) -> None:
             done["n"] += 1
@@ -152,7 +136,7 @@ def _run_with_progress(rt, specs, concurrency: int, reviewer=None) -> list[Sessi
             acc = share(done["right"], done["judged"])
             bar.update(task, advance=1, rounds=done["rounds"], acc="unknown" if acc is None else f"{acc:.2f}")
 
-        return asyncio.run(run_sessions(rt, specs, concurrency, on_done=on_done, reviewer=reviewer))
+        return run.execute(rt, on_done=on_done, reviewer=reviewer)
 
 
 def print_summary(records: list[SessionRecord]) -> None:
