@@ -211,3 +211,44 @@ def test_a_bench_report_without_ground_truth_says_unknown(tmp_path):
     text = markdown(report)
     assert "| overall | reflection | 1 | unknown | unknown |" in text and "0.000" not in text
     assert not any(t.met for t in report.targets) and (tmp_path / "bench.png").stat().st_size > 0
+
+
+class MarkdownCritic:
+    """Writes as a chat VLM does (markdown, bold keys, chatter): asks for one free-text edit, then is satisfied."""
+
+    path = "markdown-critic"
+    WRONG = ("Sure! Here is my assessment.\n\n- **Observations:** a cat; a blue hat\n"
+             "- **Issues:** the hat is blue, not red\n- **Verdict:** Incorrect\n- **Fix:** Make the hat red.")
+    RIGHT = "**Verdict:** Correct - the image matches the prompt."
+
+    def __init__(self):
+        self.calls = 0
+
+    def critique(self, prompts, images):
+        self.calls += 1
+        return [self.WRONG if self.calls == 1 else self.RIGHT for _ in prompts]
+
+
+def test_a_free_text_instruction_is_carried_out_by_a_diffusers_editor(tmp_path):
+    """The open task takes the VLM's free-text edit; InstructPix2Pix (tiny, random) carries it out."""
+    import numpy as np
+
+    from agent.config import RunConfig
+    from agent.run import Run
+    from agent.trajectory import SessionSpec
+    from model.backends import DiffusersImageConfig, load_image_model
+    from tests.test_backends import stable_diffusion
+
+    model = load_image_model(DiffusersImageConfig(
+        path=str(stable_diffusion(tmp_path / "sd", False)), edit_path=str(stable_diffusion(tmp_path / "ip2p", True)),
+        steps=2, height=32, width=32, output_size=None))
+    cfg = RunConfig(task="open", stop={"max_rounds": 2})
+    with Run.create(tmp_path / "run", cfg, [SessionSpec(id="s0", prompt=FREE[0], seed=0)]) as run:
+        (record,) = run.execute(run.runtime(model, MarkdownCritic()))
+        first, second = record.rounds
+        assert (first.verdict, first.instruction, first.critique_error) == ("wrong", "Make the hat red", None)
+        assert (second.verdict, record.stop_reason) == ("right", "critic_satisfied")
+        assert second.calls == {"editor": 1, "critic": 1} and first.correct is None and second.correct is None
+        a, b = (run.store.load_image(r.image) for r in (first, second))
+    assert a.shape == b.shape == (32, 32, 3) and not np.array_equal(a, b)
+    assert (tmp_path / "run" / "sessions.jsonl").is_file()
