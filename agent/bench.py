@@ -20,7 +20,6 @@ import asyncio
 import tempfile
 import time
 from collections.abc import Callable
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +29,15 @@ from agent.bench_report import write_report
 from agent.config import RunConfig
 from agent.graph import Runtime
 from agent.metrics import Metrics, by_family
+from agent.run import Run
 from agent.runner import SessionSpec, run_sessions
 from agent.store import RunStore, atomic_write
-from agent.trajectory import RunManifest, SessionRecord
+from agent.trajectory import SessionRecord
 from model.worker import BusyClock
 from policies.search import SearchPolicy
+from tasks import load_task
 
 RuntimeFactory = Callable[[RunStore, RunConfig], Runtime]
-SPECS = "prompts.jsonl"  # as `refloop run` writes it, so `refloop run --resume ARM` works
 ARMS = ("one_shot", "best_of_n", "best_of_n_oracle", "reflection")
 BUDGET_RULE = ("best-of-N gets N = the generator + editor calls the reflection arm may make "
                "(best_of + max_rounds x revisions; 1 + max_rounds without search); "
@@ -55,7 +55,7 @@ class Arm(BaseModel):
 
 class Target(BaseModel):
     name: str
-    value: float
+    value: float | None  # None: unknown (no ground truth)
     goal: str
     met: bool
 
@@ -95,6 +95,11 @@ def reflection_budget(cfg: RunConfig, max_rounds: int) -> int:
     return cfg.search.best_of + max_rounds * cfg.search.revisions
 
 
+def bench_judge(cfg: RunConfig):
+    """The judge config best-of-N picks with: the config's, else the embedded model's own."""
+    return cfg.models.judge or (cfg.models.critic if cfg.models.critic.kind == "unified" else None)
+
+
 def arm_configs(cfg: RunConfig, max_rounds: int) -> dict[str, RunConfig]:
     """The three arms: the config's models and batching, each with its own stop and search policy."""
     def arm(rounds: int, search: SearchPolicy) -> RunConfig:
@@ -102,31 +107,24 @@ def arm_configs(cfg: RunConfig, max_rounds: int) -> dict[str, RunConfig]:
 
     n = reflection_budget(cfg, max_rounds)
     arms = {"one_shot": arm(0, SearchPolicy())}
-    judge = cfg.models.judge or (cfg.models.critic if cfg.models.critic.kind == "unified" else None)
+    judge = bench_judge(cfg)
+    verifier = load_task(cfg.task).has_verifier
     if judge is not None:  # the same judge the loop could use: a fair competitor
         arms["best_of_n"] = arm(0, SearchPolicy(best_of=n, judge="model")).model_copy(
             update={"models": cfg.models.model_copy(update={"judge": judge})})
-        arms["best_of_n_oracle"] = arm(0, SearchPolicy(best_of=n, judge="verifier"))
-    else:
+        if verifier:
+            arms["best_of_n_oracle"] = arm(0, SearchPolicy(best_of=n, judge="verifier"))
+    elif verifier:
         arms["best_of_n"] = arm(0, SearchPolicy(best_of=n, judge="verifier"))
+    else:
+        raise ValueError(f"best-of-N needs a judge: the {cfg.task} task has no verifier, so give one in models.judge")
     arms["reflection"] = arm(max_rounds, cfg.search)
     return arms
 
 
-def _refloop_version() -> str:
-    try:
-        return version("refloop")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def create_run(path: Path, cfg: RunConfig, specs: list[SessionSpec], models: dict[str, dict]) -> RunStore:
-    """A run directory as `refloop run` makes it (manifest, prompts), so inspect and resume work on it."""
-    manifest = RunManifest(run_id=path.name, created_at=time.time(), config=cfg.model_dump(mode="json"),
-                           seed=cfg.seed, models=models, refloop_version=_refloop_version())
-    store = RunStore.create(path, manifest)
-    atomic_write(store.root / SPECS, "".join(s.model_dump_json() + "\n" for s in specs).encode())
-    return store
+    """A run directory as `refloop run` makes it (agent/run.py), so inspect and resume work on an arm."""
+    return Run.create(path, cfg, specs, models).store
 
 
 def run_timed(rt: Runtime, specs: list[SessionSpec], concurrency: int) -> tuple[list[SessionRecord], float]:
@@ -151,11 +149,14 @@ def run_arm(name: str, cfg: RunConfig, specs: list[SessionSpec], out: Path, fact
 def targets(arms: dict[str, Arm]) -> list[Target]:
     """The issue's targets for the embedded models on dev, checked on whatever was measured."""
     refl, best = arms["reflection"].metrics["overall"], arms["best_of_n"].metrics["overall"]
-    margin = refl.acc_final - best.acc_final
-    return [Target(name="reflection Acc@final", value=refl.acc_final, goal=">= 0.90", met=refl.acc_final >= 0.90),
-            Target(name="reflection delta c->i", value=refl.c_to_i, goal="<= 0.01", met=refl.c_to_i <= 0.01),
+    known = refl.acc_final is not None and best.acc_final is not None  # unknown without a verifier or judge
+    margin = refl.acc_final - best.acc_final if known else None
+    return [Target(name="reflection Acc@final", value=refl.acc_final, goal=">= 0.90",
+                   met=refl.acc_final is not None and refl.acc_final >= 0.90),
+            Target(name="reflection delta c->i", value=refl.c_to_i, goal="<= 0.01",
+                   met=refl.c_to_i is not None and refl.c_to_i <= 0.01),
             Target(name="reflection - best-of-N Acc@final (same judge)", value=margin, goal=">= 0.05",
-                   met=margin >= 0.05)]
+                   met=margin is not None and margin >= 0.05)]
 
 
 def run_bench(cfg: RunConfig, specs: list[SessionSpec], out: Path, factory: RuntimeFactory, suite: str,
@@ -211,7 +212,7 @@ def batching_ceiling(rt: Runtime, specs: list[SessionSpec]) -> dict[str, float]:
         return out, (time.perf_counter() - t0) / batched
 
     images, generator = ratio(rt.generator.fn, [(s.prompt, s.seed) for s in specs])
-    _, critic = ratio(rt.critic.fn, [(s.prompt, image) for s, image in zip(specs, images)])
+    _, critic = ratio(rt.critic.fn, [(s.prompt, image, None) for s, image in zip(specs, images)])
     return {"generator": generator, "critic": critic}
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.metrics import Metrics
+from agent.metrics import Metrics, fmt
 from agent.plots import accuracy_by_round_png, save_png
 from agent.store import atomic_write
 
@@ -31,8 +31,8 @@ def rows(report: BenchReport) -> list[list[str]]:
             m = arm.metrics.get(family)
             if m is None:
                 continue
-            out.append([family, arm.name, str(m.sessions), f"{m.acc0:.3f}", f"{m.acc_final:.3f}", f"{m.delta:+.3f}",
-                        f"{m.i_to_c:.3f}", f"{m.c_to_i:.3f}", f"{m.mean_rounds:.2f}", f"{gen_calls(m):.2f}",
+            out.append([family, arm.name, str(m.sessions), fmt(m.acc0), fmt(m.acc_final), fmt(m.delta, signed=True),
+                        fmt(m.i_to_c), fmt(m.c_to_i), f"{m.mean_rounds:.2f}", f"{gen_calls(m):.2f}",
                         f"{sum(m.calls_per_session.values()):.2f}", f"{m.seconds_per_session:.2f}",
                         f"{arm.wall_seconds:.1f}" if family == "overall" else ""])
     return out
@@ -45,7 +45,7 @@ def markdown(report: BenchReport) -> str:
     lines += ["| " + " | ".join(r) + " |" for r in rows(report)]
     lines += ["", "model s/session: seconds inside model calls as the sessions saw them (batched calls overlap); "
               "wall s: the whole arm.", "", "| target | value | goal | met |", "|---|---|---|---|"]
-    lines += [f"| {t.name} | {t.value:.3f} | {t.goal} | {'yes' if t.met else 'no'} |" for t in report.targets]
+    lines += [f"| {t.name} | {fmt(t.value)} | {t.goal} | {'yes' if t.met else 'no'} |" for t in report.targets]
     return "\n".join(lines) + "\n"
 
 
@@ -57,7 +57,7 @@ def accuracy_plot(report: BenchReport) -> bytes:
     depth = max(len(refl["overall"].acc_by_round), 1)
     for name, label in (("one_shot", "one-shot (overall)"), ("best_of_n", f"best-of-{report.budget} (overall)"),
                         ("best_of_n_oracle", f"best-of-{report.budget}, oracle pick (upper bound)")):
-        if name in report.arms:
+        if name in report.arms and report.arms[name].metrics["overall"].acc_final is not None:
             series[label] = [report.arms[name].metrics["overall"].acc_final] * depth
     return accuracy_by_round_png(series, title=f"reflection on {report.suite}: accuracy by round")
 

@@ -12,8 +12,9 @@ from rich import box
 from rich.console import Console
 from rich.table import Column, Table
 
-from agent.cli_common import check_out_dir, folder_hash, load_models_or_refuse, load_run_config, read_specs
+from agent.cli_common import check_out_dir, config_task, folder_hash, load_models_or_refuse, load_run_config, read_specs
 from agent.errors import FAILED, OK, UsageError, fail, refusals
+from agent.metrics import fmt
 from agent.store import RunStore
 
 console = Console()
@@ -30,7 +31,8 @@ def check_out(out: Path) -> None:
 
 
 def bench_cmd(
-    suite_name: str = typer.Option("dev", "--suite", help="The ShapeWorld suite: train, dev or test."),
+    suite_name: str = typer.Option(None, "--suite", help="The task's suite: train, dev or test (shapeworld, "
+                                                         "default dev), demo (open)."),
     per_family: int = typer.Option(None, help="Prompts per family (default: the whole suite; not with --perf)."),
     max_rounds: int = typer.Option(None, help="Revisions allowed to the reflection arm (default: the config's)."),
     config: Path = typer.Option(None, "--config", "-c", help="Run config YAML (models, stop policy, batching)."),
@@ -43,15 +45,22 @@ def bench_cmd(
     Exit status: 0 every session of every arm done; 1 a session failed or was left unfinished;
     2 bad input (nothing written).
     """
-    from world.spec import FAMILIES as families
-
     with refusals():
+        task = config_task(config)
+        suite_name = suite_name or (task.suites[0] if task.suites else "dev")
+        families = task.families or ("",)
         cfg = load_run_config(config, max_rounds=max_rounds)
+        if not perf and not task.has_verifier:
+            from agent.bench import bench_judge
+
+            if bench_judge(cfg) is None:
+                raise UsageError(f"--config {config}: best-of-N needs a judge and the {task.name} task has no "
+                                 "verifier; give one in models.judge (kind: hf_vlm, say)")
         if perf:  # PERF_SESSIONS sessions, round-robin over the families
             if per_family is not None:
                 raise UsageError(f"--per-family does not go with --perf (it times {PERF_SESSIONS} sessions)")
             per_family = math.ceil(PERF_SESSIONS / len(families))
-        specs = read_specs(None, None, suite_name, per_family, cfg.seed)
+        specs = read_specs(None, None, suite_name, per_family, cfg.seed, task)
         from agent.bench import perf_specs
 
         specs = perf_specs(specs, PERF_SESSIONS) if perf else specs
@@ -61,15 +70,13 @@ def bench_cmd(
         out.mkdir(parents=True, exist_ok=True)
     from agent.bench import run_bench, run_perf
     from agent.runner import make_judge, make_runtime, model_folders
-    from world import check_image
 
     models = {role: {"path": path, "hash": folder_hash(Path(path))}
               for role, path in model_folders(image_model, critic, judge).items()}
 
     def factory(store, arm_cfg):
         return make_runtime(store, image_model, image_model, critic, arm_cfg.stop, judge=make_judge(arm_cfg),
-                            verifier=lambda p, img: check_image(p, img).ok, max_batch=arm_cfg.max_batch,
-                            search=arm_cfg.search)
+                            max_batch=arm_cfg.max_batch, search=arm_cfg.search, task=task, history=arm_cfg.history)
 
     rounds = cfg.stop.max_rounds
     if perf:
@@ -96,7 +103,7 @@ def arms_status(out: Path) -> int:
 
 def print_arm(arm) -> None:
     m = arm.metrics["overall"]
-    console.print(f"{arm.name}: Acc@final {m.acc_final:.3f} in {arm.wall_seconds:.1f} s ({arm.run_dir})",
+    console.print(f"{arm.name}: Acc@final {fmt(m.acc_final)} in {arm.wall_seconds:.1f} s ({arm.run_dir})",
                   highlight=False)
 
 
@@ -114,22 +121,22 @@ def print_bench(report) -> None:
     table = narrow_table("family", "n", "1-shot", best, "reflection", "delta", "i->c", "c->i",
                          title=f"Acc@final on {report.suite}; delta, i->c, c->i of reflection")
     for family, m in arms["reflection"].metrics.items():
-        table.add_row(family, str(m.sessions), f"{arms['one_shot'].metrics[family].acc_final:.3f}",
-                      f"{arms['best_of_n'].metrics[family].acc_final:.3f}", f"{m.acc_final:.3f}",
-                      f"{m.delta:+.3f}", f"{m.i_to_c:.3f}", f"{m.c_to_i:.3f}",
+        table.add_row(family, str(m.sessions), fmt(arms['one_shot'].metrics[family].acc_final),
+                      fmt(arms['best_of_n'].metrics[family].acc_final), fmt(m.acc_final),
+                      fmt(m.delta, signed=True), fmt(m.i_to_c), fmt(m.c_to_i),
                       style="bold" if family == "overall" else None)
     console.print(table)
     cost = narrow_table("arm", "Acc@final", "rounds", "gen+edit", "calls", "model s", "wall s",
                         title="per session (model s: inside model calls); wall s: the arm")
     for arm in arms.values():
         m = arm.metrics["overall"]
-        cost.add_row(best if arm.name == "best_of_n" else arm.name, f"{m.acc_final:.3f}", f"{m.mean_rounds:.2f}",
+        cost.add_row(best if arm.name == "best_of_n" else arm.name, fmt(m.acc_final), f"{m.mean_rounds:.2f}",
                      f"{gen_calls(m):.2f}", f"{sum(m.calls_per_session.values()):.2f}", f"{m.seconds_per_session:.2f}",
                      f"{arm.wall_seconds:.1f}")
     console.print(cost)
     targets = narrow_table("target", "value", "goal", "met", title="targets")
     for t in report.targets:
-        targets.add_row(t.name, f"{t.value:.3f}", t.goal, "yes" if t.met else "[red]no")
+        targets.add_row(t.name, fmt(t.value), t.goal, "yes" if t.met else "[red]no")
     console.print(targets)
     console.print(f"budget rule: {report.budget_rule}", highlight=False)
 

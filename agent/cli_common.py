@@ -66,11 +66,28 @@ def run_config(data: Any, where: str):
 # -- prompts ---------------------------------------------------------------------------------------
 
 
-def read_specs(prompts: list[str] | None, prompts_file: Path | None, suite_name: str | None,
-               per_family: int | None, seed: int) -> list[SessionSpec]:
-    """The sessions to run, from exactly one source, each prompt read by the embedded world."""
-    from world import PromptError, parse_prompt, suite
+def config_task(path: Path | None, what: str = "--config"):
+    """The task a run config names (tasks/__init__.py), read before the rest of the config, so that
+    prompts are checked before the model backends (torch) load."""
+    from tasks import load_task
 
+    data = read_yaml_mapping(path, f"{what} file") if path is not None else {}
+    name = data.get("task", "shapeworld")
+    where = f"{what} {path}" if path is not None else "run config"
+    if not isinstance(name, str):
+        raise UsageError(f"{where}: task must be text: shapeworld, open, or an import path like my_pkg.tasks:MyTask")
+    try:
+        return load_task(name)
+    except ValueError as e:
+        raise UsageError(f"{where}: {e}") from None
+
+
+def read_specs(prompts: list[str] | None, prompts_file: Path | None, suite_name: str | None,
+               per_family: int | None, seed: int, task=None) -> list[SessionSpec]:
+    """The sessions to run, from exactly one source, each prompt read by the task (default: shapeworld)."""
+    from tasks import load_task
+
+    task = task or load_task("shapeworld")
     sources = [s for s in (prompts, prompts_file, suite_name) if s]
     if len(sources) != 1:
         raise UsageError("give prompts as arguments, or --prompts FILE.jsonl, or --suite NAME (exactly one)")
@@ -80,7 +97,7 @@ def read_specs(prompts: list[str] | None, prompts_file: Path | None, suite_name:
         check_whole("--per-family", per_family, 1, 100_000)
     if suite_name:
         try:
-            items = suite(suite_name, per_family)
+            items = task.suite(suite_name, per_family)
         except ValueError as e:
             raise UsageError(f"--suite {short(suite_name)}: {e}") from None
         return [SessionSpec(id=i.id, prompt=i.prompt, family=i.family, seed=i.seed) for i in items]
@@ -94,10 +111,10 @@ def read_specs(prompts: list[str] | None, prompts_file: Path | None, suite_name:
         for n, p in enumerate(prompts):
             check_prompt(p, f"prompt {n + 1}")
             specs.append(SessionSpec(id=f"p{n:05d}", prompt=p, seed=seed + n))
-    for spec in specs:  # the embedded world reads its prompts: say which one does not parse
+    for spec in specs:  # the task reads its prompts: say which one it cannot take
         try:
-            spec.family = spec.family or parse_prompt(spec.prompt).family
-        except PromptError as e:
+            spec.family = spec.family or task.check_prompt(spec.prompt)
+        except ValueError as e:
             raise UsageError(f"session {spec.id}: {e}") from None
     if dup := [i for i, c in Counter(s.id for s in specs).items() if c > 1]:
         raise UsageError(f"duplicate session ids: {', '.join(dup[:5])}; give every line its own id")

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agent.errors import refusals
-from agent.metrics import Metrics, by_family, flips
+from agent.metrics import Metrics, by_family, flips, fmt
 from agent.store import RunStore, StoreError
 
 console = Console()
@@ -19,9 +19,9 @@ def _table(title: str, columns: dict[str, dict[str, Metrics]]) -> Table:
     """Rows are families; with several runs, each metric gets a column per run."""
     table = Table("family", title=title)
     names = list(columns)
-    fields = [("n", lambda m: str(m.sessions)), ("Acc@0", lambda m: f"{m.acc0:.3f}"),
-              ("Acc@final", lambda m: f"{m.acc_final:.3f}"), ("delta", lambda m: f"{m.delta:+.3f}"),
-              ("i->c", lambda m: f"{m.i_to_c:.3f}"), ("c->i", lambda m: f"{m.c_to_i:.3f}"),
+    fields = [("n", lambda m: str(m.sessions)), ("Acc@0", lambda m: fmt(m.acc0)),
+              ("Acc@final", lambda m: fmt(m.acc_final)), ("delta", lambda m: fmt(m.delta, signed=True)),
+              ("i->c", lambda m: fmt(m.i_to_c)), ("c->i", lambda m: fmt(m.c_to_i)),
               ("rounds", lambda m: f"{m.mean_rounds:.2f}"), ("s/session", lambda m: f"{m.seconds_per_session:.2f}")]
     for label, _ in fields:
         for name in names:
@@ -29,8 +29,8 @@ def _table(title: str, columns: dict[str, dict[str, Metrics]]) -> Table:
     families = list(dict.fromkeys(f for col in columns.values() for f in col))
     for family in families:
         cells = []
-        for _, fmt in fields:
-            cells += [fmt(columns[n][family]) if family in columns[n] else "-" for n in names]
+        for _, show in fields:
+            cells += [show(columns[n][family]) if family in columns[n] else "-" for n in names]
         table.add_row(f"[bold]{family}" if family == "overall" else family, *cells)
     return table
 

@@ -37,27 +37,30 @@ def replay_cmd(
     Exit status: 0 the fork is done; 1 it failed or was left unfinished; 2 bad input or another
     process writes the run (nothing written).
     """
-    store = None
+    run = None
     try:
         with refusals():
             reader = RunStore.open(run_dir)
             record = reader.get(session)
             cfg = run_config(reader.manifest.config, f"the config saved in {reader.root}")
-            critique = check_request(record, from_round, critique, critique_file)
-            store = RunStore.open(run_dir, writer=True)
+            critique = check_request(record, from_round, critique, critique_file, run_task(cfg))
+            from agent.run import Run
+
+            run = Run(RunStore.open(run_dir, writer=True), cfg, [])  # the fork's writer
             image_model, critic, judge = load_models_or_refuse(cfg, console)
-        fork = replay(store, cfg, session, from_round, critique, image_model, critic, judge)
-        store.write_jsonl()
+        fork = replay(run, session, from_round, critique, image_model, critic, judge)
+        run.store.write_jsonl()
     finally:
-        if store is not None:
-            store.close()
+        if run is not None:
+            run.close()
     print_fork(fork)
     raise typer.Exit(exit_status([fork]))
 
 
 def check_request(record: SessionRecord, from_round: int | None, critique: str | None,
-                  critique_file: Path | None) -> str | None:
-    """The critique to use; UsageError for a round, a session or a critique that cannot be forked."""
+                  critique_file: Path | None, task=None) -> str | None:
+    """The critique to use; UsageError for a round, a session or a critique that cannot be forked
+    (read by the run's task)."""
     from policies.critique import CritiqueError, parse_critique
 
     if critique_file is not None:
@@ -76,23 +79,29 @@ def check_request(record: SessionRecord, from_round: int | None, critique: str |
         raise UsageError(f"--from-round {from_round}: session {record.id} has rounds 0..{len(record.rounds) - 1}")
     if critique is not None:
         try:
-            parse_critique(critique)
+            task.parse_critique(critique) if task is not None else parse_critique(critique)
         except CritiqueError as e:
             raise UsageError(f"--critique does not follow the format (seen:/wrong:/verdict:/edit: lines): "
                              f"{e}") from None
     return critique
 
 
-def replay(store: RunStore, cfg, session: str, from_round: int | None, critique: str | None, image_model, critic,
+def run_task(cfg):
+    from tasks import load_task
+
+    try:
+        return load_task(cfg.task)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def replay(run, session: str, from_round: int | None, critique: str | None, image_model, critic,
            judge) -> SessionRecord:
     import asyncio
 
     from agent.replay import ReplayError, fork_session, resume_fork
-    from agent.runner import make_runtime
-    from world import check_image
 
-    rt = make_runtime(store, image_model, image_model, critic, cfg.stop, judge=judge,
-                      verifier=lambda p, img: check_image(p, img).ok, max_batch=cfg.max_batch, search=cfg.search)
+    rt = run.runtime(image_model, critic, judge)
 
     async def go() -> SessionRecord:
         try:

@@ -15,9 +15,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from agent.cli_common import check_out_dir, load_models_or_refuse, load_run_config, read_specs, run_config, saved_specs
+from agent.cli_common import check_out_dir, config_task, load_models_or_refuse, load_run_config, read_specs
 from agent.errors import FAILED, UsageError, exit_status, fail, refusals
-from agent.store import RunStore
 from agent.trajectory import SessionRecord
 
 console = Console()
@@ -31,7 +30,8 @@ def bad_input(message: str) -> typer.Exit:
 def run_cmd(
     prompts: list[str] = typer.Argument(None, help="Prompts, e.g. 'two red circles above a blue square'."),
     prompts_file: Path = typer.Option(None, "--prompts", help="JSONL: one {prompt, id?, family?, seed?} a line."),
-    suite_name: str = typer.Option(None, "--suite", help="A fixed ShapeWorld suite: train, dev or test."),
+    suite_name: str = typer.Option(None, "--suite", help="A fixed suite of the task: train, dev or test "
+                                                         "(shapeworld), demo (open)."),
     per_family: int = typer.Option(None, help="With --suite: prompts per family."),
     config: Path = typer.Option(None, "--config", "-c", help="Run config YAML (models, stop policy, batching)."),
     max_rounds: int = typer.Option(None, help="Revisions allowed (0 = one-shot, at most 100)."),
@@ -46,7 +46,7 @@ def run_cmd(
     Exit status: 0 every session done; 1 a session failed or was left unfinished; 2 bad input or a
     refused start (another process writes the run, say): nothing written.
     """
-    store = None
+    run = None
     try:
         with refusals():
             if resume:
@@ -55,25 +55,26 @@ def run_cmd(
                 if ignored := [name for name, value in given.items() if value not in (None, [], ())]:
                     raise UsageError(f"--resume finishes {resume} with its own prompts and config; "
                                      f"drop {', '.join(ignored)}")
-                saved = RunStore.open(resume)  # a reader: check what was saved before taking the lock
-                cfg = run_config(saved.manifest.config, f"the config saved in {saved.root}")
-                specs = saved_specs(saved)
-                store = RunStore.open(resume, writer=True)  # RunBusy when another process writes it
+                from agent.run import Run
+
+                run = Run.open(resume)  # its saved config and prompts, checked; RunBusy when another process writes
+                cfg, specs = run.cfg, run.specs
             else:
-                specs = read_specs(prompts, prompts_file, suite_name, per_family, 0)  # fast: no torch yet
+                task = config_task(config)  # the config's task reads the prompts
+                specs = read_specs(prompts, prompts_file, suite_name, per_family, 0, task)  # fast: no torch yet
                 cfg = load_run_config(config, max_rounds=max_rounds)
                 if cfg.seed:
-                    specs = read_specs(prompts, prompts_file, suite_name, per_family, cfg.seed)
+                    specs = read_specs(prompts, prompts_file, suite_name, per_family, cfg.seed, task)
                 out = out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
                 check_out_dir(out)
             image_model, critic, judge = load_models_or_refuse(cfg, console)  # before anything is written
             if not resume:
-                store = create_run(out, cfg, specs, image_model, critic, judge)
-        records = run_all(store, cfg, specs, image_model, critic, judge, review)
-        store.write_jsonl()
+                run = create_run(out, cfg, specs, image_model, critic, judge)
+        records = run_all(run, image_model, critic, judge, review)
     finally:
-        if store is not None:
-            store.close()
+        if run is not None:
+            run.close()
+    store = run.store
     print_summary(records)
     if forks := [s.id for s in store.sessions() if s.parent_id and s.status == "running"]:
         console.print(f"unfinished forks, finished by `refloop replay {store.root} ID`: {', '.join(forks)}",
@@ -85,25 +86,23 @@ def run_cmd(
     raise typer.Exit(code)
 
 
-def create_run(out: Path, cfg, specs, image_model, critic, judge) -> RunStore:
-    from agent.bench import create_run as create
+def create_run(out: Path, cfg, specs, image_model, critic, judge):
+    """The run directory (manifest with the model folders and their hashes, prompts), under its lock."""
     from agent.cli_common import folder_hash
+    from agent.run import Run
     from agent.runner import model_folders
 
     models = {role: {"path": str(path), "hash": folder_hash(Path(path))}
               for role, path in model_folders(image_model, critic, judge).items()}
-    return create(out, cfg, specs, models)  # manifest, then prompts.jsonl; holds the writer lock
+    return Run.create(out, cfg, specs, models)
 
 
-def run_all(store: RunStore, cfg, specs, image_model, critic, judge, review: bool) -> list[SessionRecord]:
+def run_all(run, image_model, critic, judge, review: bool) -> list[SessionRecord]:
     from agent.review import terminal_reviewer
-    from agent.runner import make_runtime
-    from world import check_image
 
-    rt = make_runtime(store, image_model, image_model, critic, cfg.stop, judge=judge,
-                      verifier=lambda p, img: check_image(p, img).ok, max_batch=cfg.max_batch, search=cfg.search)
-    reviewer = terminal_reviewer(console) if review else None
-    return _run_with_progress(rt, specs, cfg.concurrency, reviewer)
+    rt = run.runtime(image_model, critic, judge)
+    reviewer = terminal_reviewer(console, run.task) if review else None
+    return _run_with_progress(run, rt, reviewer)
 
 
 def report_unfinished(root: Path, records: list[SessionRecord]) -> None:
@@ -117,37 +116,44 @@ def report_unfinished(root: Path, records: list[SessionRecord]) -> None:
                      highlight=False, markup=False)
 
 
-def _run_with_progress(rt, specs, concurrency: int, reviewer=None) -> list[SessionRecord]:
-    import asyncio
-
+def _run_with_progress(run, rt, reviewer=None) -> list[SessionRecord]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from agent.runner import run_sessions
+    from agent.metrics import share
 
     done = Counter()
     with Progress(TextColumn("sessions"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("rounds {task.fields[rounds]}  accuracy {task.fields[acc]}"),
                   TimeElapsedColumn(), console=console, disable=reviewer is not None) as bar:
-        task = bar.add_task("run", total=len(specs), rounds=0, acc="-")
+        task = bar.add_task("run", total=len(run.specs), rounds=0, acc="-")
 
         def on_done(record: SessionRecord) -> None:
             done["n"] += 1
             done["rounds"] += len(record.rounds)
-            done["right"] += bool(record.rounds and record.rounds[-1].correct)
-            bar.update(task, advance=1, rounds=done["rounds"], acc=f"{done['right'] / done['n']:.2f}")
+            last = record.rounds[-1].correct if record.rounds else None
+            done["judged"] += last is not None
+            done["right"] += bool(last)
+            acc = share(done["right"], done["judged"])
+            bar.update(task, advance=1, rounds=done["rounds"], acc="unknown" if acc is None else f"{acc:.2f}")
 
-        return asyncio.run(run_sessions(rt, specs, concurrency, on_done=on_done, reviewer=reviewer))
+        return run.execute(rt, on_done=on_done, reviewer=reviewer)
 
 
 def print_summary(records: list[SessionRecord]) -> None:
     from rich.table import Table
 
     n = len(records)
-    first = sum(bool(r.rounds and r.rounds[0].correct) for r in records)
-    final = sum(bool(r.rounds and r.rounds[-1].correct) for r in records)
+
+    def acc(k: int) -> str:
+        """Right sessions over all (a failed one counts as wrong); unknown when no round has a verdict."""
+        verdicts = [r.rounds[k].correct if r.rounds else False for r in records]
+        if not n or all(v is None for v in verdicts):
+            return "-" if not n else "unknown"
+        return f"{sum(bool(v) for v in verdicts) / n:.3f}"
+
     table = Table("sessions", "Acc@0", "Acc@final", "mean rounds", "stop reasons", title="run summary")
     reasons = Counter(r.stop_reason or f"failed: {r.error}"[:60] for r in records)
-    table.add_row(str(n), f"{first / n:.3f}" if n else "-", f"{final / n:.3f}" if n else "-",
+    table.add_row(str(n), acc(0), acc(-1),
                   f"{sum(len(r.rounds) for r in records) / max(n, 1):.2f}",
                   ", ".join(f"{k} {v}" for k, v in reasons.most_common()))
     console.print(table)

@@ -2,7 +2,8 @@
 
 Exit codes: 0 success (or "satisfied"), 1 "not satisfied", 2 bad input.
 The model commands (generate, edit, train, eval) live in agent/cli_models.py and are imported only
-when one of them runs, so that sample, check, suite and bench start without torch.
+when one of them runs, so that sample, check, suite and bench start without torch; each command
+imports world/ itself, so that the rest of `refloop` (an open-task run, say) never loads it.
 """
 
 from __future__ import annotations
@@ -22,12 +23,6 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from agent.errors import UsageError, check_finite, check_new_out, check_whole, fail, refusals
-from world import check_image, parse_image, parse_prompt, random_scene, render, scene_for_prompt, suite
-from world.grammar import PromptError
-from world.io import grid, load_png, save_png
-from world.parse import same_objects
-from world.render import degrade
-from world.spec import FAMILIES
 
 # name -> (attribute of agent.cli_models, its one-line help for `refloop world --help`)
 MODEL_COMMANDS = {
@@ -119,6 +114,10 @@ def sample(
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same scenes."),
 ) -> None:
     """Render one correct scene per prompt."""
+    from world import parse_prompt, render, scene_for_prompt
+    from world.grammar import PromptError
+    from world.io import grid, save_png
+
     with refusals(PromptError):
         parsed = [parse_prompt(p) for p in prompts]
         check_new_out(out)
@@ -137,6 +136,10 @@ def check(
     as_json: bool = typer.Option(False, "--json", help="Print the verdict as JSON."),
 ) -> None:
     """Judge an image against a prompt: exit 0 when satisfied, 1 when not, 2 on bad input."""
+    from world import check_image, parse_prompt
+    from world.grammar import PromptError
+    from world.io import load_png
+
     with refusals(PromptError, ValueError):
         verdict = check_image(parse_prompt(prompt), load_png(image))
     if as_json:
@@ -159,6 +162,8 @@ def suite_cmd(
     per_family: int = typer.Option(None, help="Prompts per family (default: the split's size)."),
 ) -> None:
     """Export a fixed prompt suite as JSONL (id, prompt, family, seed, held_out)."""
+    from world import suite
+
     with refusals(ValueError):
         if per_family is not None:
             check_whole("--per-family", per_family, 1, 100_000)
@@ -190,6 +195,11 @@ def bench(
     seed: int = typer.Option(0),
 ) -> None:
     """Throughput of the world on one core: scene sampling, rendering, parsing + verifying."""
+    from world import check_image, parse_image, parse_prompt, random_scene, render, scene_for_prompt, suite
+    from world.parse import same_objects
+    from world.render import degrade
+    from world.spec import FAMILIES
+
     with refusals():
         check_whole("--scenes", scenes, 100, 10_000_000)
         check_whole("--parse-images", parse_images, 10, 1_000_000)

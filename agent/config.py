@@ -12,6 +12,7 @@ from model.recipe import read_yaml
 from policies.search import SearchPolicy
 from policies.stop import StopPolicy
 from rewards.learned import LearnedRewardConfig
+from tasks import load_task
 
 JudgeConfig = Annotated[HFVLMJudgeConfig | ServedJudgeConfig | LearnedRewardConfig | UnifiedBackendConfig,
                         Field(discriminator="kind")]
@@ -28,6 +29,8 @@ class Models(Strict):
 
 
 class RunConfig(Strict):
+    task: str = "shapeworld"  # shapeworld | open | an import path my_pkg.tasks:MyTask (tasks/__init__.py)
+    history: int = Field(0, ge=0)  # earlier rounds (images and reflections) the critic sees; 0: none
     seed: int = 0
     concurrency: int = Field(32, ge=1)  # sessions in flight
     max_batch: int = Field(32, ge=1)  # rows per model call
@@ -39,6 +42,22 @@ class RunConfig(Strict):
     def _model_judge(self) -> RunConfig:
         if self.search.judge == "model" and self.models.judge is None:
             raise ValueError("search.judge 'model' needs a judge in models.judge (kind: unified, learned or hf_vlm)")
+        return self
+
+    @model_validator(mode="after")
+    def _task(self) -> RunConfig:
+        task = load_task(self.task)  # ValueError names a task that cannot be found
+        if self.search.judge == "verifier" and not task.has_verifier:
+            raise ValueError(f"search.judge 'verifier': the {task.name} task has no exact verifier; "
+                             "use judge: model with a judge in models.judge")
+        return self
+
+    @model_validator(mode="after")
+    def _history(self) -> RunConfig:
+        critic = self.models.critic
+        if self.history and not getattr(critic, "supports_history", False):
+            raise ValueError(f"history: {self.history} needs a critic that sees earlier rounds, and kind "
+                             f"{critic.kind!r} does not; use a critic of kind hf_vlm, or history: 0")
         return self
 
     @classmethod

@@ -1,6 +1,9 @@
 """The reflection loop as a LangGraph state machine.
 
-    generate -> critique -> (stop? finish : revise -> critique -> ...)
+    generate -> critique -> (stop? finish : [review ->] revise -> critique -> ...)
+
+With human review, the `review` node asks a person about each critique before its revision with
+LangGraph's `interrupt()`; the runner answers with `Command(resume=...)` (agent/review.py).
 
 State holds paths and small values only; pixels live in the run store. Each node writes its
 round to the store as it happens (a node re-run after a crash overwrites its own round), and
@@ -26,16 +29,17 @@ from typing import Annotated, Literal
 
 import numpy as np
 from langgraph.graph import END, START, StateGraph
-from langgraph.types import Overwrite, Send
+from langgraph.types import Overwrite, Send, interrupt
 from pydantic import BaseModel
 
 from agent.store import RunStore
 from agent.trajectory import RoundRecord
 from model.worker import BatchedWorker, Crowd
-from policies.critique import REGENERATE, CritiqueError, parse_critique
+from policies.critique import REGENERATE, Critique, CritiqueError, parse_critique
 from policies.search import SearchPolicy, candidate_seed, pick
 from policies.stop import StopPolicy
 from rewards.base import as_scored
+from tasks.base import Task
 
 
 class CandidateTask(BaseModel):
@@ -45,6 +49,7 @@ class CandidateTask(BaseModel):
     index: int
     seed: int
     prompt: str
+    session_id: str | None = None  # for the editor's view of earlier rounds (history)
     instruction: str | None = None  # None: generate from the prompt; else edit `source`
     source: str | None = None
 
@@ -81,17 +86,25 @@ class LoopState(BaseModel):
 class Runtime:
     """What the nodes need beside the state: models behind batched workers, the store, the policy.
     `verifier` (prompt, image) -> bool gives ground truth where it exists (ShapeWorld): it is
-    recorded as a reward and never steers the loop."""
+    recorded as a reward and never steers the loop. `task` reads the critiques (its instruction
+    check); without a verifier, a task makes the judge's score (when there is a judge) each round's
+    ground truth. `history` earlier rounds go to the critic (and an editor that takes them)."""
 
     store: RunStore
     generator: BatchedWorker  # (prompt, seed) -> image
-    editor: BatchedWorker  # (image, instruction, seed, prompt) -> image
-    critic: BatchedWorker  # (prompt, image) -> text
+    editor: BatchedWorker  # (image, instruction, seed, prompt, history or None) -> image
+    critic: BatchedWorker  # (prompt, image, history or None) -> text
     policy: StopPolicy
     judge: BatchedWorker | None = None  # (prompt, image) -> Scored (rewards.base) or a float in [0, 1]
     verifier: Callable[[str, np.ndarray], bool] | None = None
     search: SearchPolicy = field(default_factory=SearchPolicy)
     crowd: Crowd | None = None  # the sessions in flight, shared with the workers (full batches, no timer)
+    task: Task | None = None  # None: the general critique format, no instruction check
+    history: int = 0  # earlier rounds shown to the critic: [(image, reflection text), ...], oldest first
+
+    def parse_critique(self, text: str) -> Critique:
+        """The reflection read by the run's task (its instruction check), or in the general format."""
+        return self.task.parse_critique(text) if self.task is not None else parse_critique(text)
 
     @property
     def recursion_limit(self) -> int:
@@ -100,8 +113,32 @@ class Runtime:
         return self.policy.recursion_limit + 2 * wide
 
 
-def build_graph(rt: Runtime, checkpointer=None, interrupt_before: list[str] | None = None):
-    """`interrupt_before=["revise"]` pauses each session after its critique (human review)."""
+def earlier_rounds(rt: Runtime, session_id: str | None, current: int) -> list[tuple[np.ndarray, str]] | None:
+    """The `rt.history` rounds before round `current` of a session, oldest first, as (image, the
+    reflection written on it); None when the run shows no history."""
+    if not rt.history or session_id is None:
+        return None
+    rounds = rt.store.get(session_id).rounds[max(0, current - rt.history):max(current, 0)]
+    return [(rt.store.load_image(r.image), r.critique or "") for r in rounds]
+
+
+def human_critique_update(rt: Runtime, session_id: str, round_index: int, critique: str,
+                          scores: list[float]) -> dict:
+    """Write a person's critique into round `round_index` of the session's record, and return the
+    state update (with the stop policy's decision) that the critique node would have returned."""
+    parsed = rt.parse_critique(critique)
+    record = rt.store.get(session_id).rounds[round_index]
+    rt.store.upsert_round(session_id, record.model_copy(update={
+        "critique": critique.strip(), "verdict": parsed.verdict, "instruction": parsed.instruction,
+        "critique_error": None, "critique_by": "human"}))
+    stop = rt.policy.decide(round_index, parsed.verdict, scores, None, parsed.instruction)
+    return {"verdict": parsed.verdict, "instruction": parsed.instruction, "critique_error": None,
+            "stop_reason": stop}
+
+
+def build_graph(rt: Runtime, checkpointer=None, review: bool = False):
+    """`review=True` asks a person about every critique before its revision (the `review` node's
+    interrupt); the node is always in the graph, so a run paused there resumes with or without it."""
     if rt.judge is None and (rt.search.best_of > 1 or rt.search.revisions > 1):
         raise ValueError("a search with several candidates per round needs a judge")
 
@@ -110,7 +147,8 @@ def build_graph(rt: Runtime, checkpointer=None, interrupt_before: list[str] | No
         again when the critic said so. Round r's seed is seed + r, as without search."""
         edit = round_index > 0 and state.instruction != REGENERATE
         return [CandidateTask(round=round_index, index=k, seed=candidate_seed(state.seed + round_index, k),
-                              prompt=state.prompt, instruction=state.instruction if edit else None,
+                              prompt=state.prompt, session_id=state.session_id,
+                              instruction=state.instruction if edit else None,
                               source=state.image if edit else None)
                 for k in range(rt.search.width(round_index))]
 
@@ -121,7 +159,8 @@ def build_graph(rt: Runtime, checkpointer=None, interrupt_before: list[str] | No
             image, role = await rt.generator((task.prompt, task.seed)), "generate"
         else:
             source = await asyncio.to_thread(rt.store.load_image, task.source)
-            image, role = await rt.editor((source, task.instruction, task.seed, task.prompt)), "edit"
+            past = await asyncio.to_thread(earlier_rounds, rt, task.session_id, task.round - 1)
+            image, role = await rt.editor((source, task.instruction, task.seed, task.prompt, past)), "edit"
         seconds = time.perf_counter() - t0
         made = Candidate(round=task.round, index=task.index, image=await asyncio.to_thread(rt.store.put_image, image),
                          role=role, seconds=seconds)
@@ -141,6 +180,8 @@ def build_graph(rt: Runtime, checkpointer=None, interrupt_before: list[str] | No
         if rt.verifier is not None:
             correct = bool(rt.verifier(state.prompt, rt.store.load_image(best.image)))
             rewards["verifier"] = float(correct)
+        elif judged and rt.task is not None:  # no exact verdict: the judge's, where there is a judge
+            correct = best.score >= rt.task.judge_threshold
         timings = {best.role: max(c.seconds for c in candidates)}  # branches run side by side
         calls = {"generator" if best.role == "generate" else "editor": len(candidates)}
         if judged:
@@ -181,7 +222,7 @@ def build_graph(rt: Runtime, checkpointer=None, interrupt_before: list[str] | No
         """Parse the reflection (a text that does not parse is recorded), then decide whether to stop."""
         verdict = instruction = error = None
         try:
-            parsed = parse_critique(text)
+            parsed = rt.parse_critique(text)
             verdict, instruction = parsed.verdict, parsed.instruction
         except CritiqueError as e:
             error = str(e)
@@ -195,12 +236,28 @@ def build_graph(rt: Runtime, checkpointer=None, interrupt_before: list[str] | No
 
     async def critique(state: LoopState) -> dict:
         image = await asyncio.to_thread(rt.store.load_image, state.image)
+        past = await asyncio.to_thread(earlier_rounds, rt, state.session_id, state.revisions)
         t0 = time.perf_counter()
-        text = await rt.critic((state.prompt, image))
+        text = await rt.critic((state.prompt, image, past))
         return await asyncio.to_thread(record_critique, state, text, time.perf_counter() - t0)
 
     async def revise(state: LoopState) -> dict:
         return await open_round(state, state.revisions + 1)
+
+    def review_request(state: LoopState) -> dict:
+        return {"session_id": state.session_id, "prompt": state.prompt, "round": state.revisions,
+                "image": str(rt.store.image_path(state.image).resolve()), "instruction": state.instruction,
+                "critique": rt.store.get(state.session_id).rounds[state.revisions].critique}
+
+    async def review_node(state: LoopState) -> dict:
+        """Pause for a person (interrupt); resumed with {"action": accept|edit|reject, "critique": ...}."""
+        answer = interrupt(await asyncio.to_thread(review_request, state))
+        if answer["action"] == "reject":
+            return {"stop_reason": "rejected_by_reviewer"}
+        if answer["action"] == "edit":
+            return await asyncio.to_thread(human_critique_update, rt, state.session_id, state.revisions,
+                                           answer["critique"], list(state.scores))
+        return {}
 
     async def finish(state: LoopState) -> dict:
         await asyncio.to_thread(rt.store.finish_session, state.session_id, state.stop_reason, state.image)
@@ -215,12 +272,15 @@ def build_graph(rt: Runtime, checkpointer=None, interrupt_before: list[str] | No
     graph.add_node("pick", pick_node)
     graph.add_node("critique", critique)
     graph.add_node("revise", revise)
+    graph.add_node("review", review_node)
     graph.add_node("finish", finish)
     graph.add_edge(START, "generate")
     graph.add_conditional_edges("generate", fan_out, ["candidate", "critique"])
     graph.add_edge("candidate", "pick")
     graph.add_edge("pick", "critique")
-    graph.add_conditional_edges("critique", lambda s: "finish" if s.stop_reason else "revise", ["finish", "revise"])
+    after = "review" if review else "revise"
+    graph.add_conditional_edges("critique", lambda s: "finish" if s.stop_reason else after, ["finish", after])
+    graph.add_conditional_edges("review", lambda s: "finish" if s.stop_reason else "revise", ["finish", "revise"])
     graph.add_conditional_edges("revise", fan_out, ["candidate", "critique"])
     graph.add_edge("finish", END)
-    return graph.compile(checkpointer=checkpointer, interrupt_before=interrupt_before)
+    return graph.compile(checkpointer=checkpointer)

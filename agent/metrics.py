@@ -1,6 +1,8 @@
 """Self-correction metrics of a set of sessions (DESIGN.md): Acc@0, Acc@final, delta,
 delta i->c (wrong then right), delta c->i (right then wrong), accuracy per round, rounds,
-model calls and time per session. Correctness is each round's ground truth (`correct`)."""
+model calls and time per session. Correctness is each round's ground truth (`correct`): the
+task's verifier, or the judge where a task has none. Where no session has it (an open task
+without a judge), the accuracies are None and read "unknown": never counted as wrong."""
 
 from __future__ import annotations
 
@@ -14,21 +16,32 @@ from agent.trajectory import SessionRecord
 class Metrics(BaseModel):
     sessions: int
     judged: int  # sessions whose first and last rounds have a ground-truth verdict
-    acc0: float
-    acc_final: float
-    delta: float
-    i_to_c: float
-    c_to_i: float
-    acc_by_round: list[float]  # a session that stopped keeps its last image in later rounds
+    acc0: float | None  # None: no session has a verdict (unknown)
+    acc_final: float | None
+    delta: float | None
+    i_to_c: float | None
+    c_to_i: float | None
+    acc_by_round: list[float]  # a session that stopped keeps its last image in later rounds; [] when unknown
     mean_rounds: float
     calls_per_session: dict[str, float]
     seconds_per_session: float
     stop_reasons: dict[str, int]
 
 
+def share(count: int, total: int) -> float | None:
+    return count / total if total else None
+
+
+def fmt(value: float | None, signed: bool = False) -> str:
+    """A metric as the tables print it: 3 decimals, or 'unknown'."""
+    if value is None:
+        return "unknown"
+    return f"{value:+.3f}" if signed else f"{value:.3f}"
+
+
 def metrics(records: list[SessionRecord]) -> Metrics:
     judged = [r for r in records if r.rounds and r.rounds[0].correct is not None and r.rounds[-1].correct is not None]
-    n, j = len(records), max(len(judged), 1)
+    n, j = len(records), len(judged)
     first = [bool(r.rounds[0].correct) for r in judged]
     last = [bool(r.rounds[-1].correct) for r in judged]
     depth = max((len(r.rounds) for r in judged), default=0)
@@ -41,10 +54,10 @@ def metrics(records: list[SessionRecord]) -> Metrics:
             seconds += sum(rnd.timings.values())
     reasons = Counter(r.stop_reason or ("failed" if r.status == "failed" else r.status) for r in records)
     return Metrics(
-        sessions=n, judged=len(judged), acc0=sum(first) / j, acc_final=sum(last) / j,
-        delta=(sum(last) - sum(first)) / j,
-        i_to_c=sum(not a and b for a, b in zip(first, last)) / j,
-        c_to_i=sum(a and not b for a, b in zip(first, last)) / j,
+        sessions=n, judged=len(judged), acc0=share(sum(first), j), acc_final=share(sum(last), j),
+        delta=share(sum(last) - sum(first), j),
+        i_to_c=share(sum(not a and b for a, b in zip(first, last)), j),
+        c_to_i=share(sum(a and not b for a, b in zip(first, last)), j),
         acc_by_round=by_round, mean_rounds=sum(len(r.rounds) for r in records) / max(n, 1),
         calls_per_session={k: v / max(n, 1) for k, v in sorted(calls.items())},
         seconds_per_session=seconds / max(n, 1), stop_reasons=dict(reasons.most_common()))

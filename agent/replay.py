@@ -19,7 +19,7 @@ from agent.review import human_critique_update
 from agent.runner import CHECKPOINTS, open_checkpointer
 from agent.store import StoreError
 from agent.trajectory import SessionRecord
-from policies.critique import CritiqueError, parse_critique
+from policies.critique import CritiqueError
 
 
 class ReplayError(ValueError):
@@ -79,7 +79,7 @@ async def fork_session(rt: Runtime, parent_id: str, round_index: int, critique: 
     _validate(rt, parent, round_index)
     if critique is not None:
         try:
-            parse_critique(critique)
+            rt.parse_critique(critique)
         except CritiqueError as e:
             raise ReplayError(f"the critique does not follow the format: {e}") from None
     saver = await open_checkpointer(rt.store.root / CHECKPOINTS)

@@ -1,8 +1,9 @@
 """Human review: a person accepts, edits or rejects each critique before the revision it asks for.
 
-The graph is compiled with `interrupt_before=["revise"]`; the runner asks a `Reviewer` and writes
-the answer into the paused state with `update_state(..., as_node="critique")`, as if the critic
-had said it. Replay uses the same path for a critique a person writes after the fact.
+The graph's `review` node pauses with LangGraph's `interrupt(request)`; the runner asks a
+`Reviewer` and resumes the session with `Command(resume=decision)`, and the node applies it (an
+edited critique is written as if the critic had said it; agent.graph.human_critique_update).
+Replay uses the same update for a critique a person writes after the fact.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.prompt import Prompt
 
-from agent.graph import Runtime
+from agent.graph import human_critique_update  # noqa: F401 - replay's import, as before
 from policies.critique import REGENERATE, Critique, CritiqueError, parse_critique
 
 CHOICES = "[a]ccept, [e]dit the instruction, [r]eject (stop this session)"
@@ -51,39 +52,17 @@ class ReviewDecision(BaseModel):
 Reviewer = Callable[[ReviewRequest], Awaitable[ReviewDecision]]
 
 
-def human_critique_update(rt: Runtime, session_id: str, round_index: int, critique: str,
-                          scores: list[float]) -> dict:
-    """Write a person's critique into round `round_index` of the session's record, and return the
-    state update (with the stop policy's decision) that the critique node would have returned."""
-    parsed = parse_critique(critique)
-    record = rt.store.get(session_id).rounds[round_index]
-    rt.store.upsert_round(session_id, record.model_copy(update={
-        "critique": critique.strip(), "verdict": parsed.verdict, "instruction": parsed.instruction,
-        "critique_error": None, "critique_by": "human"}))
-    stop = rt.policy.decide(round_index, parsed.verdict, scores, None, parsed.instruction)
-    return {"verdict": parsed.verdict, "instruction": parsed.instruction, "critique_error": None,
-            "stop_reason": stop}
+async def ask(reviewer: Reviewer | None, request: dict) -> dict:
+    """The answer to a session's pending interrupt, as `Command(resume=...)` carries it. With no
+    reviewer (a run paused for review, resumed without --review), the critic's critique stands."""
+    if reviewer is None:
+        return ReviewDecision(action="accept").model_dump()
+    return (await reviewer(ReviewRequest.model_validate(request))).model_dump()
 
 
-async def review_paused(graph, rt: Runtime, config: dict, reviewer: Reviewer) -> None:
-    """Ask the reviewer about a session paused before `revise`, and apply the answer."""
-    snap = await graph.aget_state(config)
-    v = snap.values
-    request = ReviewRequest(
-        session_id=v["session_id"], prompt=v["prompt"], round=v["revisions"],
-        image=str(rt.store.image_path(v["image"]).resolve()), instruction=v.get("instruction"),
-        critique=rt.store.get(v["session_id"]).rounds[v["revisions"]].critique)
-    decision = await reviewer(request)
-    if decision.action == "edit":
-        update = human_critique_update(rt, request.session_id, request.round, decision.critique,
-                                       list(v.get("scores", [])))
-        await graph.aupdate_state(config, update, as_node="critique")
-    elif decision.action == "reject":
-        await graph.aupdate_state(config, {"stop_reason": "rejected_by_reviewer"}, as_node="critique")
-
-
-def edited_critique(original: str | None, instruction: str) -> str:
-    """The critic's reflection with the person's instruction (or 'right') in place of its own."""
+def edited_critique(original: str | None, instruction: str, task=None) -> str:
+    """The critic's reflection with the person's instruction (or 'right') in place of its own;
+    ValueError when the task's check refuses the instruction (ShapeWorld: its edit grammar)."""
     try:
         base = parse_critique(original or "")
         seen, wrong = base.observations, base.defects
@@ -91,12 +70,16 @@ def edited_critique(original: str | None, instruction: str) -> str:
         seen, wrong = [], []
     if instruction.strip().lower() == "right":
         return Critique(verdict="right", observations=seen).text
-    return Critique(verdict="wrong", observations=seen, defects=wrong or ["as the reviewer says"],
+    text = Critique(verdict="wrong", observations=seen, defects=wrong or ["as the reviewer says"],
                     instruction=" ".join(instruction.lower().split())).text
+    if task is not None:
+        task.parse_critique(text)  # CritiqueError (a ValueError) names what the task cannot carry out
+    return text
 
 
-def terminal_reviewer(console: Console | None = None) -> Reviewer:
-    """Asks in the terminal, one session at a time; other sessions keep running meanwhile."""
+def terminal_reviewer(console: Console | None = None, task=None) -> Reviewer:
+    """Asks in the terminal, one session at a time; other sessions keep running meanwhile. A new
+    instruction must pass the task's check (ShapeWorld: its edit grammar) or is asked for again."""
     console = console or Console()
     lock = asyncio.Lock()
 
@@ -112,7 +95,7 @@ def terminal_reviewer(console: Console | None = None) -> Reviewer:
                 return ReviewDecision(action="reject")
             text = Prompt.ask(escape(f"new instruction (an edit, '{REGENERATE}', or 'right')"), console=console)
             try:
-                return ReviewDecision(action="edit", critique=edited_critique(request.critique, text))
+                return ReviewDecision(action="edit", critique=edited_critique(request.critique, text, task))
             except ValueError as e:
                 console.print(f"[red]not usable:[/] {e}", highlight=False)
 

@@ -59,11 +59,12 @@ from model.critic.train_critic import CriticTrainer, command_line, export_critic
 from model.recipe import Strict, git_commit, pick_device, read_yaml
 from model.roles import Editor, Generator
 from model.unified.config import UnifiedBackendConfig
-from policies.critique import REGENERATE, Critique, CritiqueError, parse_critique
+from policies.critique import REGENERATE, Critique, CritiqueError
 from rewards.base import Reward
 from rewards.learned import LearnedReward
 from rewards.shaping import Shaping
 from rewards.verifier import VerifierReward
+from tasks.shapeworld import parse_critique
 from world import check_image, suite
 from world.spec import FAMILIES
 
@@ -241,7 +242,7 @@ def critic_folder(cfg: PolicyTrainConfig) -> Path:
 def build_reward(cfg: RewardConfig) -> Reward:
     """The reward model named by the config: the verifier (ablations), or a learned one."""
     if cfg.kind == "verifier":
-        return VerifierReward()
+        return VerifierReward(check_image)
     try:
         reward = LearnedReward(cfg.path)
     except (OSError, ValueError) as e:

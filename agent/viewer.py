@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from agent.metrics import fmt
 from agent.store import RunStore, StoreError
 from agent.trajectory import is_safe_id
 from agent.viewer_parts import (  # noqa: F401 - re-exported: the viewer's pieces, as before the split
@@ -101,7 +102,7 @@ class Viewer:
             records, _ = load(store)
             m = by_family(records)["overall"]
             rows.append([f"<a href=\"{url('run', k, '')}\">{esc(self.names[k])}</a>", esc(store.manifest.run_id),
-                         str(m.sessions), f"{m.acc0:.3f}", f"{m.acc_final:.3f}", f"{m.delta:+.3f}"])
+                         str(m.sessions), fmt(m.acc0), fmt(m.acc_final), fmt(m.delta, signed=True)])
         return Response(200, page("runs", table(["run", "run id", "sessions", "Acc@0", "Acc@final", "delta"], rows)))
 
     def overview(self, k: int) -> Response:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote, urlencode
 
 from agent import plots
-from agent.metrics import Metrics, by_family, flips
+from agent.metrics import Metrics, by_family, flips, fmt
 from agent.store import RunStore, StoreError
 from agent.trajectory import RoundRecord, SessionRecord
 
@@ -159,10 +159,10 @@ def mark(ok: bool | None) -> str:
 
 
 def metrics_table(fams: dict[str, Metrics]) -> str:
-    """Accuracies of a family with no judged session read '-' (metrics() would report 0.000)."""
+    """Accuracies of a family with no judged session read '-' (metrics() reports None: unknown)."""
     rows = []
     for f, m in fams.items():
-        accs = [f"{m.acc0:.3f}", f"{m.acc_final:.3f}", f"{m.delta:+.3f}", f"{m.i_to_c:.3f}", f"{m.c_to_i:.3f}"]
+        accs = [fmt(m.acc0), fmt(m.acc_final), fmt(m.delta, signed=True), fmt(m.i_to_c), fmt(m.c_to_i)]
         rows.append([esc(f), str(m.sessions), str(m.judged), *(accs if m.judged else ["-"] * 5),
                      f"{m.mean_rounds:.2f}", f"{m.seconds_per_session:.2f}"])
     return table(["family", "n", "judged", "Acc@0", "Acc@final", "delta", "i-&gt;c", "c-&gt;i", "rounds",

@@ -19,15 +19,20 @@ class Generator(Protocol):
 
 @runtime_checkable
 class Editor(Protocol):
-    def edit(self, images: list[np.ndarray], instructions: list[str], seeds: list[int]) -> list[np.ndarray]: ...
+    def edit(self, images: list[np.ndarray], instructions: list[str], seeds: list[int]) -> list[np.ndarray]:
+        """An editor with `supports_history = True` also gets `history=` (as the critic does)."""
+        ...
 
 
 @runtime_checkable
 class Critic(Protocol):
     def critique(self, prompts: list[str], images: list[np.ndarray],
                  history: list[list[tuple[np.ndarray, str]]] | None = None) -> list[str]:
-        """Raw reflection text; policies.critique parses it (and the loop records failures). `history`:
-        per row, the session's earlier rounds as (image, reflection), oldest first; None: none."""
+        """Raw reflection text; policies.critique parses it (and the loop records failures).
+        `history[n]`: row n's earlier rounds of its session as (image, reflection text), oldest
+        first (`history: K` in the run config). A critic that cannot use them sets no
+        `supports_history = True` on its config: the run config refuses K > 0 for it, and the loop
+        then leaves the argument out."""
         ...
 
 

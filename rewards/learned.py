@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from model.critic.build import critic_inputs, load_critic
 from rewards.base import Scored
 
 RIGHT, WRONG = "right", "wrong"  # the two answers; single tokens of the critic's tokenizer
@@ -37,6 +36,8 @@ class LearnedReward:
 
     def __init__(self, path: str | Path, device: str = "cpu"):
         self.path = Path(path)
+        from model.critic.build import load_critic  # the world's canvas size: only when used
+
         self.model, self.processor = load_critic(self.path)
         self.model.to(device).eval()
         self.device = device
@@ -50,6 +51,8 @@ class LearnedReward:
     def probabilities(self, prompts: list[str], images: list[np.ndarray]) -> np.ndarray:
         """P(right) per pair: softmax over the two answer tokens at the first answer position
         (rows are left-padded, so that position is the last one for every row)."""
+        from model.critic.build import critic_inputs
+
         batch = critic_inputs(self.processor, prompts, images).to(self.device)
         with self._lock:
             logits = self.model(**batch).logits[:, -1, self.answer_ids]

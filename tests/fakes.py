@@ -58,8 +58,10 @@ def fake_models(root: Path, delay: float = 0.0, fail_on: str | None = None):
 def use_fake_models(monkeypatch, root: Path, delay: float = 0.0, fail_on: str | None = None) -> None:
     import agent.runner
     from rewards.verifier import VerifierReward
+    from world import check_image
 
     models = fake_models(root, delay, fail_on)
     monkeypatch.setattr(agent.runner, "load_models", lambda cfg: models)
     # a judge for the search arms: the verifier stands in for a model judge too
-    monkeypatch.setattr(agent.runner, "make_judge", lambda cfg: VerifierReward() if cfg.search.judge else None)
+    monkeypatch.setattr(agent.runner, "make_judge",
+                        lambda cfg: VerifierReward(check_image) if cfg.search.judge else None)

@@ -18,6 +18,7 @@ from policies.search import SearchPolicy
 from policies.stop import StopPolicy
 from rewards.verifier import VerifierReward
 from tests.fakes import fake_models
+from world import check_image
 
 PROMPTS = ["a circle", "two squares", "a red triangle", "a blue circle above a square"]
 
@@ -32,7 +33,7 @@ def main(run_dir: str, n: int, width: int = 1) -> None:
     image_model, critic, _ = fake_models(run.parent / "models", delay=0.03)
     search = SearchPolicy(best_of=width, revisions=width, judge="verifier" if width > 1 else None)
     rt = make_runtime(store, image_model, image_model, critic, StopPolicy(max_rounds=3), max_batch=4, search=search,
-                      judge=VerifierReward() if width > 1 else None)
+                      judge=VerifierReward(check_image) if width > 1 else None)
     specs = [SessionSpec(id=f"s{i:02d}", prompt=PROMPTS[i % len(PROMPTS)], seed=i) for i in range(n)]
     print("ready", flush=True)
     asyncio.run(run_sessions(rt, specs, concurrency=4))

@@ -349,7 +349,7 @@ def test_kind_defaults_to_the_embedded_models():
 
 
 @pytest.mark.parametrize("name", ["diffusers-sd", "flux-kontext", "qwen-image-edit", "hf-vlm-critic",
-                                  "hf-vlm-judge"])
+                                  "hf-vlm-judge", "open-diffusers-vlm"])
 def test_example_configs_validate(name):
     """Each example is a whole run config whose only placeholders are model folders."""
     from agent.config import RunConfig

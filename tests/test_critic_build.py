@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from model.critic.build import IGNORE, CriticConfig, build_critic, critic_inputs, load_critic
 from model.critic.tokenizer import IMAGE_TOKEN, build_tokenizer
-from policies.critique import label_critique, parse_critique
+from tasks.shapeworld import label_critique, parse_critique
 from world import parse_image, render_one, scene_for_prompt, suite
 from world.synth import perturb_scene
 from world.verify import as_parsed

@@ -20,7 +20,7 @@ from model.critic.data import FEATURES, SOURCES, CriticDataConfig, Sampling, bui
 from model.critic.eval_critic import evaluate_critic, write_report
 from model.critic.train_critic import CriticTrainConfig, make_trainer, train_critic, training_mix
 from model.shapeworld.pipeline import load_generator
-from policies.critique import label_critique, parse_critique
+from tasks.shapeworld import label_critique, parse_critique
 from world import check_image, parse_image, render_one, scene_for_prompt, suite
 from world.spec import FAMILIES
 from world.synth import perturb_scene

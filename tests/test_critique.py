@@ -1,6 +1,7 @@
 import pytest
 
-from policies.critique import Critique, CritiqueError, label_critique, parse_critique
+from policies.critique import Critique, CritiqueError
+from tasks.shapeworld import label_critique, parse_critique
 from world import Obj, Scene, parse_image, render_one
 from world.verify import as_parsed
 

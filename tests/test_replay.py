@@ -14,6 +14,7 @@ from agent.runner import SessionSpec, make_runtime, run_sessions
 from agent.store import RunStore
 from agent.trajectory import RunManifest
 from policies.stop import StopPolicy
+from tasks.shapeworld import ShapeWorldTask
 
 RIGHT = "seen: a circle\nwrong: nothing\nverdict: right"
 ADD = "seen: nothing\nwrong: expected a circle, found none\nverdict: wrong\nedit: add a circle"
@@ -34,7 +35,9 @@ def image_model(tiny_image_model):
 
 
 def runtime(store, image_model, critic, max_rounds=3):
-    return make_runtime(store, image_model, image_model, critic, StopPolicy(max_rounds=max_rounds))
+    """The shapeworld task reads the critiques (its edit grammar), as `refloop replay` does on its runs."""
+    return make_runtime(store, image_model, image_model, critic, StopPolicy(max_rounds=max_rounds),
+                        task=ShapeWorldTask())
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from agent.runner import SessionSpec, make_runtime, run_sessions
 from agent.store import RunStore
 from agent.trajectory import RunManifest
 from policies.stop import StopPolicy
+from tasks.shapeworld import ShapeWorldTask
 
 ADD = "seen: nothing\nwrong: expected a circle, found none\nverdict: wrong\nedit: add a circle"
 RIGHT = "seen: a circle\nwrong: nothing\nverdict: right"
@@ -55,8 +56,9 @@ def test_accept_edit_reject(tmp_path, tiny_image_model):
 def test_edited_critique():
     assert edited_critique(ADD, "right") == "seen: nothing\nwrong: nothing\nverdict: right"
     assert edited_critique("garbage", "Add a  red circle").endswith("edit: add a red circle")
-    with pytest.raises(ValueError):
-        edited_critique(ADD, "paint it blue")
+    with pytest.raises(ValueError):  # the shapeworld task checks its edit grammar; free text passes
+        edited_critique(ADD, "paint it blue", ShapeWorldTask())
+    assert edited_critique(ADD, "paint it blue").endswith("edit: paint it blue")
     with pytest.raises(ValueError):
         ReviewDecision(action="edit")
     with pytest.raises(ValueError):
@@ -72,7 +74,7 @@ def test_terminal_reviewer_asks_until_the_answer_is_usable(monkeypatch):
 
     monkeypatch.setattr("sys.stdin", io.StringIO("x\ne\npaint it blue\ne\nAdd a red circle\nr\n"))
     out = io.StringIO()
-    review = terminal_reviewer(Console(file=out, width=100))
+    review = terminal_reviewer(Console(file=out, width=100), ShapeWorldTask())
     request = ReviewRequest(session_id="s", prompt="a red circle", round=0, image="/tmp/x.png", critique=ADD,
                             instruction="add a circle")
     decision = asyncio.run(review(request))
@@ -95,3 +97,47 @@ def test_terminal_reviewer_with_stdin_closed_says_why(monkeypatch):
                             instruction="add a circle")
     with pytest.raises(ReviewUnanswered, match="standard input is closed"):
         asyncio.run(review(request))
+
+
+def test_a_session_paused_for_review_resumes_at_its_question(tmp_path, tiny_image_model):
+    """The review node's interrupt is checkpointed: a run stopped while a person thinks asks the same
+    question again when it resumes (the critique is not recomputed); resumed without a reviewer,
+    the critic's critique stands."""
+    critic = ScriptedCritic({"a circle": [ADD, RIGHT], "a square": [ADD, RIGHT]})
+    store = RunStore.create(tmp_path / "run", RunManifest(run_id="t", created_at=time.time(), seed=0,
+                                                          refloop_version="test"))
+    specs = [SessionSpec(id="s0", prompt="a circle", seed=0), SessionSpec(id="s1", prompt="a square", seed=1)]
+    asked: list[ReviewRequest] = []
+
+    async def stopped_while_thinking():
+        both = asyncio.Event()
+
+        async def slow(request: ReviewRequest) -> ReviewDecision:
+            asked.append(request)
+            if len(asked) == 2:
+                both.set()
+            await asyncio.sleep(3600)
+
+        rt = make_runtime(store, tiny_image_model, tiny_image_model, critic, StopPolicy(max_rounds=3))
+        run = asyncio.ensure_future(run_sessions(rt, specs, concurrency=2, reviewer=slow))
+        await both.wait()
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+
+    asyncio.run(stopped_while_thinking())
+    assert critic.script == {"a circle": [RIGHT], "a square": [RIGHT]}  # one critique each so far
+    again: list[ReviewRequest] = []
+
+    async def accept(request: ReviewRequest) -> ReviewDecision:
+        again.append(request)
+        return ReviewDecision(action="accept")
+
+    rt = make_runtime(store, tiny_image_model, tiny_image_model, critic, StopPolicy(max_rounds=3))
+    records = asyncio.run(run_sessions(rt, specs[:1], concurrency=1, reviewer=accept))
+    assert [(r.session_id, r.round, r.critique) for r in again] == [("s0", 0, ADD)]  # the same question
+    assert records[0].stop_reason == "critic_satisfied" and len(records[0].rounds) == 2
+    rt = make_runtime(store, tiny_image_model, tiny_image_model, critic, StopPolicy(max_rounds=3))
+    (square,) = asyncio.run(run_sessions(rt, specs[1:], concurrency=1))  # no reviewer now: accepted
+    assert square.stop_reason == "critic_satisfied" and square.rounds[0].critique_by == "model"
+    assert not any(critic.script.values())

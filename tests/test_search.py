@@ -24,7 +24,7 @@ from policies.search import SEED_STRIDE, SearchPolicy, candidate_seed, pick
 from policies.stop import StopPolicy
 from rewards.base import Scored, as_scored
 from rewards.verifier import VerifierReward
-from world import parse_prompt, render_one, scene_for_prompt
+from world import check_image, parse_prompt, render_one, scene_for_prompt
 
 RIGHT = "verdict: right"
 ADD = "verdict: wrong\nedit: add a circle"
@@ -238,11 +238,11 @@ def test_recursion_limit_grows_with_fanned_out_rounds(tmp_path):
 def test_verifier_reward_is_the_exact_verdict():
     rng = np.random.default_rng(0)
     image = render_one(scene_for_prompt(parse_prompt("two red circles"), rng))
-    right, wrong = VerifierReward().score(["two red circles", "three red circles"], [image, image])
+    right, wrong = VerifierReward(check_image).score(["two red circles", "three red circles"], [image, image])
     assert right.value == 1.0 and wrong.value == 0.0
     assert wrong.reason == "expected three red circles, found two"
     with pytest.raises(ValueError):
-        VerifierReward().score(["a circle"], [])
+        VerifierReward(check_image).score(["a circle"], [])
     with pytest.raises(ValidationError):
         Scored(value=float("nan"), reason="x")
     assert as_scored(0.25) == Scored(value=0.25, reason="") and as_scored(right) is right

@@ -29,6 +29,8 @@ from model.backends.served import (
 from model.backends.served_client import ServedModelError
 from tests.served_server import free_port
 
+# short, so that the random model's first tokens depend on the row's prompt
+TEMPLATE = "Check the image against the prompt: {prompt}"
 PROMPTS = ["two red circles above a blue square", "a green triangle", "a cat wearing a red hat",
            "one blue square", "a red circle left of a green circle"]
 IMAGES = [np.full((64, 64, 3), 50 * k, np.uint8) for k in range(len(PROMPTS))]  # plain greys: different answers
@@ -38,11 +40,11 @@ REFLECTION = "seen: a red circle\nwrong: the square is missing\nverdict: wrong\n
 @pytest.fixture(scope="module")
 def local(llava_folder):
     """The same folder through the local transformers critic: what the server's model must say."""
-    return HFVLMCritic(HFVLMCriticConfig(path=str(llava_folder), max_new_tokens=8))
+    return HFVLMCritic(HFVLMCriticConfig(path=str(llava_folder), max_new_tokens=8, template=TEMPLATE))
 
 
 def critic_config(url, folder, **kwargs) -> ServedCriticConfig:
-    return ServedCriticConfig(base_url=url, model=str(folder), max_tokens=8, **kwargs)
+    return ServedCriticConfig(base_url=url, model=str(folder), max_tokens=8, **{"template": TEMPLATE, **kwargs})
 
 
 @pytest.mark.slow

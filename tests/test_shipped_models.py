@@ -48,7 +48,8 @@ def test_shipped_critic_reflects_on_rendered_scenes():
     import numpy as np
 
     from model.critic.backend import CriticBackendConfig, ShapeWorldCritic
-    from policies.critique import CritiqueError, parse_critique
+    from policies.critique import CritiqueError
+    from tasks.shapeworld import parse_critique
     from world import render_one, scene_for_prompt
     from world.synth import perturb_scene
 

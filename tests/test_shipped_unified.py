@@ -32,7 +32,8 @@ def test_shipped_model_draws_dev_prompts(shipped):
 
 
 def test_shipped_model_reflects_on_right_and_wrong_scenes(shipped):
-    from policies.critique import CritiqueError, parse_critique
+    from policies.critique import CritiqueError
+    from tasks.shapeworld import parse_critique
 
     rng = np.random.default_rng(7)
     items = suite("dev", per_family=4)

@@ -122,7 +122,7 @@ def test_interleaved_spans_copy_the_source_codes(tiny_unified):
 
 def test_reflections_detokenize_to_the_critique_format():
     from model.unified.vocab import detokenize
-    from policies.critique import parse_critique
+    from tasks.shapeworld import parse_critique
 
     words = "seen : a red circle ( top left ); a blue square ( centre ) wrong : expected two squares , found one " \
             "verdict : wrong edit : add a blue square"

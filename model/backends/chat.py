@@ -15,21 +15,10 @@ from typing import Any
 
 import numpy as np
 
-# The defaults of every VLM critic and judge: the reflection format of policies/critique.py, and VQAScore's question.
-CRITIC_TEMPLATE = """This image was generated for the prompt: "{prompt}".
-Check the image against the prompt. Answer in exactly this format, one field a line:
-seen: the objects you see, each with its colour and place, separated by ';'
-wrong: what does not match the prompt, separated by ';' (or: nothing)
-verdict: right or wrong
-edit: ONE instruction that fixes the image (only when the verdict is wrong)
-An edit is one of: add two yellow squares | remove the blue square | make the green triangle red | \
-move the red circle below the blue square | regenerate (when no single edit can fix it).
-Example:
-seen: a red circle (top left); a blue square (bottom right)
-wrong: the circle is not below the square (it is above it)
-verdict: wrong
-edit: move the red circle below the blue square"""
+from policies.critique import CRITIC_TEMPLATE
 
+# The critic's default words are the task's (tasks/: the loop fills a template a config leaves out);
+# the general reflection format of policies/critique.py when there is no task. VQAScore's question.
 JUDGE_TEMPLATE = "Does this image show {prompt}? Answer yes or no."
 FOLLOWUP = "This is the image after that edit. Check it against the prompt again, in the same format."
 
@@ -46,13 +35,13 @@ def check_history(history: Sequence[History] | None, rows: int) -> list[History]
     return [list(h or []) for h in history]
 
 
-def critic_messages(prompt: str, image: np.ndarray, history: History, template: str, followup: str,
+def critic_messages(prompt: str, image: np.ndarray, history: History, template: str | None, followup: str,
                     image_part: Callable[[np.ndarray], dict[str, Any]], plain_assistant: bool = False,
                     ) -> list[dict[str, Any]]:
     """OpenAI-style chat messages for one row (content parts: `image_part(img)` and text parts). A server
     gets the assistant's turns as plain strings (what every OpenAI-compatible server reads); a processor's
     chat template gets content parts like the user's."""
-    ask = template.replace("{prompt}", prompt)
+    ask = (template or CRITIC_TEMPLATE).replace("{prompt}", prompt)
     again = followup.replace("{prompt}", prompt)
     messages: list[dict[str, Any]] = []
     for k, (earlier, reflection) in enumerate(history):
@@ -62,9 +51,9 @@ def critic_messages(prompt: str, image: np.ndarray, history: History, template: 
     return messages
 
 
-def has_prompt(template: str) -> str:
-    """A pydantic check: the message beside the image must carry the session's prompt."""
-    if "{prompt}" not in template:
+def has_prompt(template: str | None) -> str | None:
+    """A pydantic check: the message beside the image must carry the session's prompt (None: the task's)."""
+    if template is not None and "{prompt}" not in template:
         raise ValueError("the template must contain {prompt}")
     return template
 

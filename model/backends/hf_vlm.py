@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -23,7 +23,6 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from model.backends.chat import (
-    CRITIC_TEMPLATE,
     FOLLOWUP,
     JUDGE_TEMPLATE,
     History,
@@ -45,13 +44,14 @@ class VLMConfig(BaseModel):
 
     @field_validator("template")
     @classmethod
-    def _has_prompt(cls, template: str) -> str:
+    def _has_prompt(cls, template: str | None) -> str | None:
         return has_prompt(template)
 
 
 class HFVLMCriticConfig(VLMConfig):
+    supports_history: ClassVar[bool] = True  # earlier rounds go in as a multi-image conversation (chat.py)
     kind: Literal["hf_vlm"] = "hf_vlm"
-    template: str = CRITIC_TEMPLATE
+    template: str | None = None  # the message beside the image, {prompt} the session's; None: the task's words
     followup: str = FOLLOWUP  # the message beside each later image when the critic sees the session's history
     max_new_tokens: int = Field(160, ge=1)
 

@@ -21,13 +21,12 @@ import io
 import math
 import re
 from collections import Counter
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, field_validator
 
 from model.backends.chat import (
-    CRITIC_TEMPLATE,
     FOLLOWUP,
     JUDGE_TEMPLATE,
     History,
@@ -40,15 +39,16 @@ from model.backends.served_client import ServedModel, ServedModelError, ServerCo
 
 
 class ServedCriticConfig(ServerConfig):
+    supports_history: ClassVar[bool] = True  # earlier rounds go in as a multi-image conversation (chat.py)
     kind: Literal["served"] = "served"
-    template: str = CRITIC_TEMPLATE  # the message beside the image; {prompt} is the session's prompt
+    template: str | None = None  # the message beside the image, {prompt} the session's; None: the task's words
     followup: str = FOLLOWUP  # the message beside each later image when the critic sees the session's history
     max_tokens: int = Field(400, ge=1)  # room for the reflection
     temperature: float = Field(0.0, ge=0)  # 0: greedy
 
     @field_validator("template")
     @classmethod
-    def _has_prompt(cls, template: str) -> str:
+    def _has_prompt(cls, template: str | None) -> str | None:
         return has_prompt(template)
 
 
@@ -63,7 +63,7 @@ class ServedJudgeConfig(ServerConfig):
 
     @field_validator("template")
     @classmethod
-    def _has_prompt(cls, template: str) -> str:
+    def _has_prompt(cls, template: str | None) -> str | None:
         return has_prompt(template)
 
 

@@ -9,8 +9,6 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from model.critic.build import critic_inputs, load_critic
-
 DEFAULT_CRITIC = Path(__file__).parent / "weights" / "critic"
 
 
@@ -29,6 +27,8 @@ class ShapeWorldCritic:
             raise FileNotFoundError(f"no embedded critic at {path} yet: train one, or give a critic path in the "
                                     "run config (models.critic.path)")
         self.cfg, self.path = cfg, path
+        from model.critic.build import load_critic  # the world's canvas size: only when used
+
         self.model, self.processor = load_critic(path)
         self.model.to(cfg.device).eval()
         self._lock = threading.Lock()  # one generate at a time (a worker thread per role)
@@ -42,7 +42,11 @@ class ShapeWorldCritic:
         return min(left, self.cfg.max_new_tokens or left)
 
     @torch.inference_mode()
-    def critique(self, prompts: list[str], images: list[np.ndarray]) -> list[str]:
+    def critique(self, prompts: list[str], images: list[np.ndarray], history=None) -> list[str]:
+        if history is not None and any(history):
+            raise ValueError("the embedded ShapeWorld critic reads one image; it takes no history")
+        from model.critic.build import critic_inputs
+
         batch = critic_inputs(self.processor, prompts, images).to(self.cfg.device)
         with self._lock:
             out = self.model.generate(**batch, max_new_tokens=self.room(batch["input_ids"].shape[1]),

@@ -33,7 +33,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from model.shapeworld.config import Strict, pin_config
 from model.shapeworld.pipeline import DEFAULT_GUIDANCE, ShapeWorldPipeline
-from policies.critique import REGENERATE, label_critique, parse_critique
+from policies.critique import REGENERATE
+from tasks.shapeworld import label_critique, parse_critique
 from world import Obj, Scene, check_scene, parse_image, random_scene, render_one, sample_prompt, scene_for_prompt
 from world.render import degrade, label_maps
 from world.spec import CANVAS, COLOR_NAMES, COLORS, FAMILIES, MAX_SIZE, MIN_SIZE, SHAPES

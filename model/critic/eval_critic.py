@@ -21,7 +21,8 @@ from pydantic import BaseModel
 from model.critic.backend import CriticBackendConfig, ShapeWorldCritic
 from model.critic.data import Sampling, run_pipe
 from model.shapeworld.pipeline import ShapeWorldPipeline
-from policies.critique import REGENERATE, Critique, CritiqueError, label_critique, parse_critique
+from policies.critique import REGENERATE, Critique, CritiqueError
+from tasks.shapeworld import label_critique, parse_critique
 from world import SuiteItem, check_image, parse_image
 from world.spec import FAMILIES
 

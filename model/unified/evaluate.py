@@ -13,7 +13,8 @@ from pydantic import BaseModel
 from model.unified.bundle import UnifiedModel
 from model.unified.train_lm import kept_patches
 from model.unified.vq import decode, encode
-from policies.critique import CritiqueError, parse_critique
+from policies.critique import CritiqueError
+from tasks.shapeworld import parse_critique
 from world import check_image, make_edit_pair, parse_image, render, scene_for_prompt
 from world.edits import EditError, check_edit
 from world.suites import SuiteItem

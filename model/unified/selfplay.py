@@ -11,7 +11,8 @@ import torch
 from model.unified.bundle import UnifiedModel
 from model.unified.tasks import reading_order, train_prompt
 from model.unified.vq import decode, encode
-from policies.critique import REGENERATE, label_critique
+from policies.critique import REGENERATE
+from tasks.shapeworld import label_critique
 from world import apply_edit, check_scene, parse_image, render
 from world.edits import EditError, scene_from_parsed
 from world.synth import PlacementError

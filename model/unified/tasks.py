@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from policies.critique import REGENERATE, label_critique
+from policies.critique import REGENERATE
+from tasks.shapeworld import label_critique
 from world import Scene, apply_edit, check_scene, make_edit_pair, random_scene, render, scene_for_prompt
 from world.edits import EditError
 from world.spec import FAMILIES
