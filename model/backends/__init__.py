@@ -6,28 +6,19 @@
       judge:  {kind: hf_vlm, path: /models/llava}                          # or kind: unified, or learned
 
 A role without `kind` is the embedded unified model (one network draws, edits, reflects and judges).
-`kind: shapeworld` names the earlier embedded critic (a small LLaVA), kept while the learned reward
-and GRPO recipes still build on its architecture. Each `load_*` builds the backend its config names;
-a missing folder raises FileNotFoundError naming it.
+Each `load_*` builds the backend its config names; a missing folder raises FileNotFoundError naming it.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import Discriminator, Tag
 
 from model.backends.diffusers_image import DiffusersImageConfig, DiffusersImageModel
 from model.backends.hf_vlm import HFVLMCritic, HFVLMCriticConfig, HFVLMJudge, HFVLMJudgeConfig
-from model.critic.backend import CriticBackendConfig, ShapeWorldCritic
 from model.roles import Critic, Editor, Generator, Judge
 from model.unified.config import UnifiedBackendConfig
-
-
-class ShapeWorldCriticConfig(CriticBackendConfig):
-    """The embedded critic, with the `kind` that names it among the critic backends."""
-
-    kind: Literal["shapeworld"] = "shapeworld"
 
 
 def kind_or(default: str):
@@ -44,8 +35,7 @@ ImageConfig = Annotated[
     kind_or("unified"),
 ]
 CriticConfig = Annotated[
-    Annotated[UnifiedBackendConfig, Tag("unified")] | Annotated[ShapeWorldCriticConfig, Tag("shapeworld")]
-    | Annotated[HFVLMCriticConfig, Tag("hf_vlm")],
+    Annotated[UnifiedBackendConfig, Tag("unified")] | Annotated[HFVLMCriticConfig, Tag("hf_vlm")],
     kind_or("unified"),
 ]
 JudgeConfig = HFVLMJudgeConfig | UnifiedBackendConfig  # the exact verifier is chosen by search.judge
@@ -67,9 +57,7 @@ def load_image_model(cfg) -> Generator | Editor:
 def load_critic(cfg) -> Critic:
     if isinstance(cfg, UnifiedBackendConfig):
         return _unified(cfg)
-    if isinstance(cfg, HFVLMCriticConfig):
-        return HFVLMCritic(cfg)
-    return ShapeWorldCritic(cfg)
+    return HFVLMCritic(cfg)
 
 
 def load_judge(cfg) -> Judge:
@@ -80,6 +68,6 @@ def load_judge(cfg) -> Judge:
 
 __all__ = [
     "CriticConfig", "DiffusersImageConfig", "DiffusersImageModel", "HFVLMCritic", "HFVLMCriticConfig", "HFVLMJudge",
-    "HFVLMJudgeConfig", "ImageConfig", "JudgeConfig", "ShapeWorldCriticConfig", "UnifiedBackendConfig", "load_critic",
+    "HFVLMJudgeConfig", "ImageConfig", "JudgeConfig", "UnifiedBackendConfig", "load_critic",
     "load_image_model", "load_judge",
 ]
