@@ -131,9 +131,11 @@ def tensorboard() -> bool:
 
 def pin_args(path: Path, args: dict, may_change: tuple[str, ...] = ("max_steps",)) -> None:
     """pin_config for TRL's dataclass configs: a work folder belongs to one set of arguments
-    (but `may_change`: rerun with more steps to train on)."""
-    def comparable(d: dict) -> dict:
-        return {k: v for k, v in d.items() if k not in may_change}
+    (but `may_change`, at any depth: rerun with more steps to train on)."""
+    def comparable(d):
+        if isinstance(d, dict):
+            return {k: comparable(v) for k, v in d.items() if k not in may_change}
+        return d
 
     args = json.loads(json.dumps(args, default=str))
     if path.is_file():
