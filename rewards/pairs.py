@@ -7,8 +7,10 @@ Sources:
 - trajectories: every judged round of the runs' sessions (a better and a worse round of one
   session, as the verifier ranked them);
 - fresh: train-suite prompts drawn now by the unified model, several seeds each, labelled by the
-  verifier; optionally a rendered correct scene per prompt (`rendered_per_prompt`), so that hard
-  families, where the model rarely draws a right image, still have pairs.
+  verifier; optionally rendered correct scenes per prompt (`rendered`), so that hard families,
+  where the model rarely draws a right image, still have pairs, and rendered near misses
+  (`near_misses`: one defect each, the unified model's reflect data), so that a right scene is
+  also paired with a wrong one that differs only in what the prompt asks (not in drawing style).
 Images are kept as the VQ's codes (the reward model reads codes, rewards/learned.py).
 """
 
@@ -42,10 +44,11 @@ def trajectory_items(rows: Iterable[dict], encode: Callable[[list[np.ndarray]], 
 
 
 def fresh_items(model, per_family: int, samples: int, rendered: int, seed: int, batch_size: int = 32,
-                log: Callable[[str], None] = print) -> list[dict]:
-    """Train-suite prompts drawn `samples` times each by the unified model (and `rendered` rendered
-    correct scenes each), labelled by the verifier."""
+                log: Callable[[str], None] = print, near_misses: int = 0) -> list[dict]:
+    """Train-suite prompts drawn `samples` times each by the unified model (plus `rendered` rendered
+    correct scenes and `near_misses` rendered near misses each), labelled by the verifier."""
     from model.unified.bundle import as_canvas
+    from model.unified.tasks import near_miss
     from model.unified.vq import decode, encode
     from world import check_image, render_one, scene_for_prompt, suite
 
@@ -65,13 +68,12 @@ def fresh_items(model, per_family: int, samples: int, rendered: int, seed: int, 
         if k // batch_size % 10 == 0:
             log(f"reward data: drew {min(k + batch_size, len(jobs))}/{len(jobs)} fresh images")
     rng = np.random.default_rng(seed)
-    for it in prompts:
-        if rendered == 0:
-            break
-        scenes = [render_one(scene_for_prompt(it.prompt, rng)) for _ in range(rendered)]
-        for c, img in zip(encode(model.vq, as_canvas(scenes)).tolist(), scenes):
+    for it in prompts if rendered or near_misses else []:
+        scenes = [(render_one(scene_for_prompt(it.prompt, rng)), "rendered") for _ in range(rendered)]
+        scenes += [(render_one(near_miss(it.prompt, rng)), "near_miss") for _ in range(near_misses)]
+        for c, (img, source) in zip(encode(model.vq, as_canvas([im for im, _ in scenes])).tolist(), scenes):
             items.append({"group": f"fresh:{it.prompt}", "prompt": it.prompt, "codes": c,
-                          "correct": check_image(it.prompt, img).ok, "source": "rendered"})
+                          "correct": check_image(it.prompt, img).ok, "source": source})
     return items
 
 

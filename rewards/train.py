@@ -45,13 +45,14 @@ class RewardDataArguments:
     fresh_per_family: int = field(default=20, metadata={"help": "train-suite prompts per family drawn now"})
     samples_per_prompt: int = field(default=4, metadata={"help": "drawings per fresh prompt (seeds)"})
     rendered_per_prompt: int = field(default=1, metadata={"help": "rendered correct scenes per fresh prompt"})
+    near_misses_per_prompt: int = field(default=2, metadata={"help": "rendered near misses per fresh prompt"})
     max_pairs_per_group: int = field(default=8, metadata={"help": "pairs per session or prompt, at most"})
     draw_batch_size: int = field(default=32, metadata={"help": "batch of the unified model while drawing"})
 
     def __post_init__(self):
         if not 0 < self.held_out < 1:
             raise ValueError(f"held_out must be in (0, 1), not {self.held_out}")
-        for name in ("fresh_per_family", "samples_per_prompt", "rendered_per_prompt"):
+        for name in ("fresh_per_family", "samples_per_prompt", "rendered_per_prompt", "near_misses_per_prompt"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if self.max_pairs_per_group < 1 or self.draw_batch_size < 1:
@@ -86,7 +87,7 @@ def judged_items(data: RewardDataArguments, rows: list[dict], cache: Path, seed:
     model = UnifiedModel.load(data.unified_model)
     items = P.trajectory_items(rows, lambda imgs: encode(model.vq, as_canvas(imgs)).tolist())
     items += P.fresh_items(model, data.fresh_per_family, data.samples_per_prompt, data.rendered_per_prompt, seed,
-                           data.draw_batch_size, log)
+                           data.draw_batch_size, log, data.near_misses_per_prompt)
     atomic_write(cache, json.dumps(items))
     log(f"reward data: {len(items)} judged images ({sum(i['correct'] for i in items)} right) "
         f"in {time.time() - t0:.0f}s")

@@ -113,6 +113,17 @@ def test_train_reward_learns_resumes_and_judges(tmp_path, tiny_models, loop_run)
     other = runner.invoke(app, [*args, "--work", str(work), *small(tmp_path, tiny_models, held_out=0.5)])
     assert other.exit_code == 2 and "other arguments" in other.output
 
+    # the loop's judge (kind: learned) picks best-of-2 with it
+    config = yaml.safe_load((tiny_models / "run.yaml").read_text())
+    config["models"]["judge"] = {"kind": "learned", "path": str(out)}
+    config["search"] = {"best_of": 2, "judge": "model"}
+    (tmp_path / "judged.yaml").write_text(yaml.safe_dump(config))
+    ran = runner.invoke(app, ["run", "a red circle", "--config", str(tmp_path / "judged.yaml"), "--out",
+                              str(tmp_path / "judged")])
+    assert ran.exit_code == 0, ran.output
+    rounds = [json.loads(line) for line in (tmp_path / "judged" / "sessions.jsonl").read_text().splitlines()]
+    assert "learned reward: P(right)" in json.dumps(rounds)
+
 
 def test_eval_reward_hacking_gap(tmp_path, tiny_models, loop_run, monkeypatch):
     from rich.console import Console

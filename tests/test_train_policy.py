@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from agent.cli import app
@@ -150,7 +151,19 @@ def reward(tiny_models, loop_run, tmp_path_factory):
     return work / "reward"
 
 
-def test_grpo_checkpoints_and_resumes(tiny_models, loop_run, reward, tmp_path):
+@pytest.fixture
+def readable(monkeypatch):
+    """The tiny model writes noise (every repair step unreadable: equal rewards, zero advantages, no update);
+    here its reflections are readable ones, in turn "wrong" with an edit and "right": the revisions are its own."""
+    texts = [EDIT, RIGHT, Critique(verdict="wrong", instruction="make the red circle blue").text]
+
+    def reflect(self, model, prompt_ids):
+        return [self.layout.words(texts[i % len(texts)]) + [self.layout.eos] for i in range(len(prompt_ids))]
+
+    monkeypatch.setattr(RepairRollout, "reflect", reflect)
+
+
+def test_grpo_checkpoints_and_resumes(tiny_models, loop_run, reward, tmp_path, readable):
     work = tmp_path / "work"
     cmd = ["train", "policy", str(loop_run), "--config", "configs/grpo.yaml", "--work", str(work)]
     first = runner.invoke(app, [*cmd, *sets(reward, tiny_models)])
@@ -159,13 +172,16 @@ def test_grpo_checkpoints_and_resumes(tiny_models, loop_run, reward, tmp_path):
     assert (ckpt / "trainer_state.json").is_file() and "grpo step 2/2" in first.output
     state = json.loads((ckpt / "trainer_state.json").read_text())
     assert any("rewards/shaped_repair/mean" in h for h in state["log_history"])
-    prompts = json.loads((work / "prompts" / "state.json").read_text())
-    assert prompts  # built once, from 7 fresh drawings and the run's 2 first images
+    weights = load_file(ckpt / "model.safetensors")  # marked, to see that the resumed run reads them
+    weights["model.norm.weight"] += 0.5
+    save_file(weights, ckpt / "model.safetensors", metadata={"format": "pt"})
     again = runner.invoke(app, [*cmd, *sets(reward, tiny_models, max_steps=3)])
     assert again.exit_code == 0, again.output
     assert "resuming at checkpoint-2" in again.output and "grpo step 3/3" in again.output
     record = json.loads((work / "policy" / "training.json").read_text())
     assert record["steps"] == 3 and record["prompts"]["images"] == 9
+    exported = load_file(work / "policy" / "model.safetensors")["model.norm.weight"]
+    assert (exported - weights["model.norm.weight"]).abs().max() < 0.05  # one Adam step at lr 1e-3 from the mark
     policy = UnifiedModel.load(work / "policy")
     assert len(policy.draw(["a red circle"], [0])) == 1
     other = runner.invoke(app, [*cmd, *sets(reward, tiny_models, shaping_alpha=2.0)])
