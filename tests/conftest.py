@@ -3,6 +3,7 @@ import pytest
 import torch
 import yaml
 
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

@@ -17,7 +17,6 @@ from typer.testing import CliRunner
 
 from agent.cli import app
 from model.unified.bundle import UnifiedModel
-from model.unified.sequences import Layout
 from model.unified.vocab import CODE0
 from policies.critique import Critique
 from policies.repair_reward import ShapedRepairReward
