@@ -192,3 +192,20 @@ def quiet(trainer):
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     return trainer
+
+
+def train_or_resume(trainer, log=print, stage: str = "train") -> None:
+    """Train, going on from the last complete checkpoint in args.output_dir. A run whose checkpoint
+    already reached max_steps only loads it (Trainer would take one more step)."""
+    from transformers import TrainerState
+
+    resume = last_checkpoint(Path(trainer.args.output_dir))
+    if resume is not None:
+        state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
+        if state.global_step >= trainer.args.max_steps:
+            log(f"{stage}: done earlier ({resume.name})")
+            trainer._load_from_checkpoint(str(resume))
+            trainer.state = state
+            return
+        log(f"{stage}: resuming at {resume.name}")
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)

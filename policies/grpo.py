@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.recipe import last_checkpoint, log_lines, pin_args, quiet, quiet_libraries, run_record, tensorboard
+from model.recipe import log_lines, pin_args, quiet, quiet_libraries, run_record, tensorboard, train_or_resume
 from policies.repair_reward import ShapedRepairReward
 from policies.rollout import RepairLogps, RepairRollout
 from rewards.shaping import Shaping
@@ -177,10 +177,9 @@ def train_policy(args: PolicyArguments, grpo, model_args, rows: list[dict], runs
     with state.main_process_first():
         data = build_prompts(UnifiedModel.load(start), reward, rows, args, work / "prompts", log)
     trainer, tok, vq = make_trainer(args, grpo, model_args, data, reward, start, log)
-    resume = last_checkpoint(Path(grpo.output_dir))
     log(f"grpo: {len(data)} images x {grpo.num_generations} repair steps, {grpo.max_steps} steps on "
-        f"{state.num_processes} process(es), from {start}" + (f"; resuming at {resume.name}" if resume else ""))
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        f"{state.num_processes} process(es), from {start}")
+    train_or_resume(trainer, log, "grpo")
     out = Path(export) if export else work / "policy"
     if state.is_main_process:
         lm = trainer.accelerator.unwrap_model(trainer.model)

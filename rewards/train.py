@@ -23,13 +23,13 @@ import numpy as np
 
 from model.recipe import (
     atomic_write,
-    last_checkpoint,
     log_lines,
     pin_args,
     quiet,
     quiet_libraries,
     run_record,
     tensorboard,
+    train_or_resume,
 )
 from rewards import pairs as P
 from rewards.learned import CALIBRATION, LearnedReward, reward_text
@@ -140,10 +140,7 @@ def train_reward(data: RewardDataArguments, args, rows: list[dict], runs: list[s
         model=model, args=args, train_dataset=pair_dataset(tok, train_pairs),
         eval_dataset=pair_dataset(tok, held_pairs) if held_pairs and args.eval_strategy != "no" else None,
         processing_class=tok, callbacks=[log_lines("reward", ("loss", "accuracy", "margin", "eval_accuracy"), log)]))
-    resume = last_checkpoint(Path(args.output_dir))
-    if resume is not None:
-        log(f"reward: resuming at {resume.name}")
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    train_or_resume(trainer, log, "reward")
     out = save(trainer, tok, source, export)
 
     reward = LearnedReward(out)

@@ -171,6 +171,10 @@ def test_grpo_checkpoints_and_resumes(tiny_models, loop_run, reward, tmp_path, r
     assert (ckpt / "trainer_state.json").is_file() and "grpo step 2/2" in first.output
     state = json.loads((ckpt / "trainer_state.json").read_text())
     assert any("rewards/shaped_repair/mean" in h for h in state["log_history"])
+    done = runner.invoke(app, [*cmd, *sets(reward, tiny_models)])  # rerun of a finished run: no extra step
+    assert done.exit_code == 0 and "done earlier (checkpoint-2)" in done.output, done.output
+    assert torch.equal(load_file(work / "policy" / "model.safetensors")["model.norm.weight"],
+                       load_file(ckpt / "model.safetensors")["model.norm.weight"])
     weights = load_file(ckpt / "model.safetensors")  # marked, to see that the resumed run reads them
     weights["model.norm.weight"] += 0.5
     save_file(weights, ckpt / "model.safetensors", metadata={"format": "pt"})
