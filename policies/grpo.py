@@ -141,12 +141,16 @@ def make_trainer(args: PolicyArguments, grpo, model_args, data, reward, start: P
 
     rollout = RepairRollout(layout, args.max_reflection, grpo.temperature, args.image_temperature,
                             args.regenerate_guidance)
+    # TRL reads where a completion may end from here: after a reflection, or after an image
+    ends = lm.generation_config.eos_token_id
+    lm.generation_config.eos_token_id = [layout.eos, layout.eoi]
     trainer = PolicyGRPOTrainer(
         model=lm, reward_funcs=ShapedRepairReward(reward, decode_codes, args.shaping()), args=grpo,
         train_dataset=data, processing_class=tok, peft_config=get_peft_config(model_args), rollout_func=rollout,
         callbacks=[log_lines("grpo", ("loss", "reward", "reward_std", "repair/right", "repair/wrong",
                                       "repair/unreadable", "shaping/after", "eval/repaired", "eval/broke",
                                       "eval/verdict_matches_verifier", "kl"), log)])
+    lm.generation_config.eos_token_id = ends  # the exported model's own, unchanged
     trainer.segment_starts = (layout.task["revise"], layout.task["draw"])
     return quiet(trainer), tok, vq
 

@@ -33,12 +33,12 @@ class LearnedRewardConfig(BaseModel):
     device: str = "cpu"
 
 
-def reward_text(tokenizer, prompt: str, codes: list[int]) -> str:
-    """The reward model's input for one image: the unified reflect layout, as a string."""
+def reward_texts(tokenizer, prompts: list[str], codes: list[list[int]]) -> list[str]:
+    """The reward model's input per image: the unified reflect layout, as a string."""
     from model.unified.sequences import Layout
 
     layout = Layout(tokenizer)
-    return tokenizer.decode([*layout.reflect_prefix(prompt, list(codes)), layout.eos])
+    return [tokenizer.decode([*layout.reflect_prefix(p, list(c)), layout.eos]) for p, c in zip(prompts, codes)]
 
 
 class LearnedReward:
@@ -78,7 +78,7 @@ class LearnedReward:
 
         out = []
         for k in range(0, len(prompts), batch_size):
-            texts = [reward_text(self.tok, p, c) for p, c in zip(prompts[k:k + batch_size], codes[k:k + batch_size])]
+            texts = reward_texts(self.tok, prompts[k:k + batch_size], codes[k:k + batch_size])
             batch = self.tok(texts, padding=True, return_tensors="pt").to(self.device)
             with self._lock, torch.inference_mode():
                 out.append(self.model(**batch).logits[:, 0].float().cpu().numpy())

@@ -32,7 +32,7 @@ from model.recipe import (
     train_or_resume,
 )
 from rewards import pairs as P
-from rewards.learned import CALIBRATION, LearnedReward, reward_text
+from rewards.learned import CALIBRATION, LearnedReward, reward_texts
 from rewards.metrics import RewardReport, platt, report
 
 
@@ -97,8 +97,10 @@ def judged_items(data: RewardDataArguments, rows: list[dict], cache: Path, seed:
 def pair_dataset(tokenizer, pair_list: list[tuple[dict, dict]]):
     from datasets import Dataset
 
-    return Dataset.from_dict({"chosen": [reward_text(tokenizer, b["prompt"], b["codes"]) for b, _ in pair_list],
-                              "rejected": [reward_text(tokenizer, w["prompt"], w["codes"]) for _, w in pair_list]})
+    def texts(side: int) -> list[str]:
+        return reward_texts(tokenizer, [p[side]["prompt"] for p in pair_list], [p[side]["codes"] for p in pair_list])
+
+    return Dataset.from_dict({"chosen": texts(0), "rejected": texts(1)})
 
 
 def evaluate(reward: LearnedReward, items: list[dict], pair_list: list, seed: int = 0) -> RewardReport:

@@ -171,6 +171,7 @@ def test_grpo_checkpoints_and_resumes(tiny_models, loop_run, reward, tmp_path, r
     assert (ckpt / "trainer_state.json").is_file() and "grpo step 2/2" in first.output
     state = json.loads((ckpt / "trainer_state.json").read_text())
     assert any("rewards/shaped_repair/mean" in h for h in state["log_history"])
+    assert all(h["completions/clipped_ratio"] == 0 for h in state["log_history"] if "completions/clipped_ratio" in h)
     done = runner.invoke(app, [*cmd, *sets(reward, tiny_models)])  # rerun of a finished run: no extra step
     assert done.exit_code == 0 and "done earlier (checkpoint-2)" in done.output, done.output
     assert torch.equal(load_file(work / "policy" / "model.safetensors")["model.norm.weight"],
@@ -187,6 +188,7 @@ def test_grpo_checkpoints_and_resumes(tiny_models, loop_run, reward, tmp_path, r
     assert (exported - weights["model.norm.weight"]).abs().max() < 0.05  # one Adam step at lr 1e-3 from the mark
     policy = UnifiedModel.load(work / "policy")
     assert len(policy.draw(["a red circle"], [0])) == 1
+    assert policy.lm.generation_config.eos_token_id == policy.layout.eos  # TRL's end list stays out of it
     other = runner.invoke(app, [*cmd, *sets(reward, tiny_models, shaping_alpha=2.0)])
     assert other.exit_code == 2 and "other arguments" in other.output
 
