@@ -152,7 +152,7 @@ def make_trainer(args: PolicyArguments, grpo, model_args, data, reward, start: P
                                       "eval/verdict_matches_verifier", "kl"), log)])
     lm.generation_config.eos_token_id = ends  # the exported model's own, unchanged
     trainer.segment_starts = (layout.task["revise"], layout.task["draw"])
-    return quiet(trainer), tok, vq
+    return quiet(trainer)
 
 
 def train_policy(args: PolicyArguments, grpo, model_args, rows: list[dict], runs: list[str], work: Path,
@@ -180,7 +180,7 @@ def train_policy(args: PolicyArguments, grpo, model_args, rows: list[dict], runs
     reward = reward if reward is not None else build_reward(args, device)
     with state.main_process_first():
         data = build_prompts(UnifiedModel.load(start), reward, rows, args, work / "prompts", log)
-    trainer, tok, vq = make_trainer(args, grpo, model_args, data, reward, start, log)
+    trainer = make_trainer(args, grpo, model_args, data, reward, start, log)
     log(f"grpo: {len(data)} images x {grpo.num_generations} repair steps, {grpo.max_steps} steps on "
         f"{state.num_processes} process(es), from {start}")
     train_or_resume(trainer, log, "grpo")
@@ -196,7 +196,9 @@ def train_policy(args: PolicyArguments, grpo, model_args, rows: list[dict], runs
                                      "mean_reward_before": float(np.mean(data["before"]))},
                             last_log=logs[-1] if logs else {}, processes=state.num_processes,
                             device=device, tensorboard=tensorboard())
-        UnifiedModel(lm.to("cpu"), tok, vq).save(out, {"training.json": json.dumps(record, indent=2, default=str)})
+        policy = UnifiedModel.load(start)  # the starting folder with the trained LM: its VQ, tokenizer and the rest
+        policy.lm = lm.to("cpu")
+        policy.save(out, {"training.json": json.dumps(record, indent=2, default=str)})
         log(f"grpo: done, {trainer.state.global_step} steps; policy exported to {out}")
     state.wait_for_everyone()
     return out
