@@ -179,9 +179,12 @@ def load_models_or_refuse(cfg, console=None):
     status = console.status("loading models (torch, the image model, the critic) ...") if console else nullcontext()
     with status:
         from agent.runner import load_models
+        from model.backends.served_client import ServedModelError
 
         try:
             return load_models(cfg)
+        except ServedModelError as e:  # a served model: its own line names the URL and the fix
+            raise UsageError(str(e)) from None
         except (OSError, ValueError) as e:  # the backends' own words: which folder, what is missing
             raise UsageError(f"{e}; check the model folders in the run config") from None
         except Exception as e:  # noqa: BLE001 - any other failure to load a folder is the folder's too
@@ -189,7 +192,10 @@ def load_models_or_refuse(cfg, console=None):
                              "in the run config") from None
 
 
-def folder_hash(path: Path) -> str:
+def folder_hash(path: Path) -> str | None:
+    """A digest of a model folder's files; None for a model that is no local folder (a served one)."""
+    if not path.is_dir():
+        return None
     digest = hashlib.sha256()
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
         digest.update(str(f.relative_to(path)).encode())

@@ -22,7 +22,8 @@ def bad_input(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-def load_model(path: Path | None, device: str | None, guidance: float | None = None):
+def load_model(path: Path | None, device: str | None, guidance: float | None = None,
+               right_threshold: float | None = None):
     import math
 
     from model.recipe import pick_device
@@ -30,10 +31,13 @@ def load_model(path: Path | None, device: str | None, guidance: float | None = N
 
     if guidance is not None and (not math.isfinite(guidance) or guidance < 0):
         raise bad_input(f"--guidance must be a finite number >= 0, not {guidance}")
+    if right_threshold is not None and not 0 <= right_threshold <= 1:
+        raise bad_input(f"--right-threshold must be between 0 and 1, not {right_threshold}")
     try:
         with console.status("loading the unified model"):
             return UnifiedModel.load(path, str(pick_device(device)),
-                                     Sampling(guidance=1.5 if guidance is None else guidance))
+                                     Sampling(guidance=1.5 if guidance is None else guidance,
+                                              right_threshold=right_threshold))
     except (FileNotFoundError, OSError, ValueError) as e:
         raise bad_input(str(e).splitlines()[0]) from None
 
@@ -70,6 +74,8 @@ def eval_unified_cmd(
     model: Path = typer.Option(None, help="Model folder (default: the shipped model)."),
     per_family: int = typer.Option(None, help="Prompts per family (default: the whole suite)."),
     guidance: float = typer.Option(1.5, help="Classifier-free guidance of drawings."),
+    right_threshold: float = typer.Option(None, help="Verdict gate: P(right) needed to say right (default: the "
+                                          "folder's calibrated value, reflect.json)."),
     batch_size: int = typer.Option(32, help="Rows per model call, 1 to 1024."),
     device: str = typer.Option(None, help="cpu or cuda (default: cuda when present)."),
     json_out: Path = typer.Option(None, "--json", help="Also write the report as JSON here."),
@@ -87,15 +93,18 @@ def eval_unified_cmd(
         items = suite(split, per_family)
     except ValueError as e:
         raise bad_input(str(e)) from None
-    m = load_model(model, device, guidance)
+    m = load_model(model, device, guidance, right_threshold)
     report = evaluate(m, items, split, batch_size, log=console.print)
-    card = {"split": split, "per_family": per_family, "guidance": guidance, **summary(report),
+    card = {"split": split, "per_family": per_family, "guidance": guidance,
+            "right_threshold": m.calibrated_threshold if right_threshold is None else right_threshold,
+            **summary(report),
             "seconds": round(report.seconds)}
     print_card(card)
     text = json.dumps(card, indent=2)
     if json_out:
         json_out.write_text(text)
-    if (model is None or model.resolve() == DEFAULT_MODEL.resolve()) and per_family is None:
+    if (model is None or model.resolve() == DEFAULT_MODEL.resolve()) and per_family is None \
+            and right_threshold is None:
         (DEFAULT_MODEL / f"eval_{split}.json").write_text(text)  # the shipped model's report card
 
 

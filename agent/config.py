@@ -7,13 +7,14 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from model.backends import CriticConfig, HFVLMJudgeConfig, ImageConfig, UnifiedBackendConfig
+from model.backends import CriticConfig, HFVLMJudgeConfig, ImageConfig, ServedJudgeConfig, UnifiedBackendConfig
 from model.recipe import read_yaml
 from policies.search import SearchPolicy
 from policies.stop import StopPolicy
 from rewards.learned import LearnedRewardConfig
 
-JudgeConfig = Annotated[HFVLMJudgeConfig | LearnedRewardConfig | UnifiedBackendConfig, Field(discriminator="kind")]
+JudgeConfig = Annotated[HFVLMJudgeConfig | ServedJudgeConfig | LearnedRewardConfig | UnifiedBackendConfig,
+                        Field(discriminator="kind")]
 
 
 class Strict(BaseModel):
@@ -22,8 +23,8 @@ class Strict(BaseModel):
 
 class Models(Strict):
     image: ImageConfig = UnifiedBackendConfig()  # generator and editor; kind: unified (default) | diffusers
-    critic: CriticConfig = UnifiedBackendConfig()  # kind: unified (default) | hf_vlm
-    judge: JudgeConfig | None = None  # kind: unified | hf_vlm | learned; used when search.judge is "model"
+    critic: CriticConfig = UnifiedBackendConfig()  # kind: unified (default) | hf_vlm | served
+    judge: JudgeConfig | None = None  # kind: unified | hf_vlm | served | learned; used when search.judge is "model"
 
 
 class RunConfig(Strict):

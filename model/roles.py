@@ -24,8 +24,10 @@ class Editor(Protocol):
 
 @runtime_checkable
 class Critic(Protocol):
-    def critique(self, prompts: list[str], images: list[np.ndarray]) -> list[str]:
-        """Raw reflection text; policies.critique parses it (and the loop records failures)."""
+    def critique(self, prompts: list[str], images: list[np.ndarray],
+                 history: list[list[tuple[np.ndarray, str]]] | None = None) -> list[str]:
+        """Raw reflection text; policies.critique parses it (and the loop records failures). `history`:
+        per row, the session's earlier rounds as (image, reflection), oldest first; None: none."""
         ...
 
 

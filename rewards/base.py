@@ -28,5 +28,6 @@ class Reward(Protocol):
 
 
 def as_scored(result: Scored | float) -> Scored:
-    """A judge may be a Reward (Scored) or a bare `model.roles.Judge` (a float without a reason)."""
-    return result if isinstance(result, Scored) else Scored(value=float(result), reason="")
+    """A judge may be a Reward (Scored) or a bare `model.roles.Judge` (a float, with a `reason` attribute
+    when the judge says how it scored, e.g. model/backends/served.py's JudgeScore)."""
+    return result if isinstance(result, Scored) else Scored(value=float(result), reason=getattr(result, "reason", ""))

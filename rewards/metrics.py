@@ -57,7 +57,7 @@ class RewardReport(BaseModel):
     mean_learned: float
     mean_verifier: float
     pairs: int = 0
-    pair_accuracy: float | None = None  # the better image of a pair scores higher
+    pair_accuracy: float | None = None  # the better image of a pair scores higher (ties count half)
     pair_ece: float | None = None  # calibration of sigmoid(score difference), pairs shown in a random order
 
     @property
@@ -78,6 +78,6 @@ def report(p_right: np.ndarray, truth: np.ndarray, pair_raw: tuple[np.ndarray, n
         better, worse = map(np.asarray, pair_raw)
         flip = np.random.default_rng(seed).random(len(better)) < 0.5  # which one is shown first
         first, second = np.where(flip, worse, better), np.where(flip, better, worse)
-        out.pairs, out.pair_accuracy = len(better), float((better > worse).mean())
+        out.pairs, out.pair_accuracy = len(better), float((better > worse).mean() + 0.5 * (better == worse).mean())
         out.pair_ece = ece(sigmoid(first - second), ~flip)
     return out

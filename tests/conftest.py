@@ -46,3 +46,20 @@ def tiny_run_config(tiny_models):
     path = tiny_models / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+@pytest.fixture(scope="session")
+def llava_folder(tmp_path_factory):
+    """A tiny random LLaVA (tests/test_backends.py's builder) saved to a temp folder."""
+    from tests.test_backends import llava
+
+    return llava(tmp_path_factory.mktemp("served") / "llava")
+
+
+@pytest.fixture(scope="session")
+def served_llava(llava_folder, tmp_path_factory):
+    """The /v1 URL of a real `transformers serve` on `llava_folder` (tests/served_server.py)."""
+    from tests.served_server import transformers_serve
+
+    with transformers_serve(llava_folder, tmp_path_factory.mktemp("serve-log") / "serve.log") as url:
+        yield url

@@ -271,6 +271,27 @@ def test_critic_prompt_carries_the_format_and_batching_is_invisible(critic):
     assert both[1] == critic.critique(PROMPTS[1:], images[1:])[0]  # row 1 is the shorter one: left-padded
 
 
+def test_critic_history_is_a_multi_image_conversation(critic):
+    """Earlier rounds come first (image, then the critic's own reflection as its turn); rows of a batch may
+    have different histories, and a row without one is read as before."""
+    from model.backends.chat import FOLLOWUP
+
+    images = [np.full((64, 64, 3), 200, np.uint8), np.zeros((48, 48, 3), np.uint8)]
+    history = [[(images[1], "verdict: wrong\nedit: add a blue square")], []]
+    batch = critic.inputs(PROMPTS, images, history)
+    assert batch["pixel_values"].shape == (3, 3, 32, 32)  # two images in row 0, one in row 1
+    image_tokens = (batch["input_ids"] == critic.model.config.image_token_id).sum(dim=1).tolist()
+    assert image_tokens == [32, 16]
+    text = critic.processor.tokenizer.decode(batch["input_ids"][0], skip_special_tokens=True)
+    assert text.count("USER:") == 2 and "edit: add a blue square" in text and text.rstrip().endswith(
+        FOLLOWUP + " ASSISTANT:") and PROMPTS[0] in text
+    both = critic.critique(PROMPTS, images, history)
+    assert both[0] == critic.critique(PROMPTS[:1], images[:1], history[:1])[0]
+    assert both[1] == critic.critique(PROMPTS[1:], images[1:])[0] == critic.critique(PROMPTS[1:], images[1:], [[]])[0]
+    with pytest.raises(ValueError, match="2 rows, 1 histories"):
+        critic.critique(PROMPTS, images, history[:1])
+
+
 def test_judge_is_p_yes_over_the_yes_and_no_tokens(judge):
     tokenizer = judge.processor.tokenizer
     assert tokenizer.convert_ids_to_tokens(judge.yes_ids) == ["\u2581Yes", "\u2581yes"]  # YES is no single token

@@ -51,6 +51,20 @@ def loop_run(tiny_run_config, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def global_codes(tmp_path_factory):
+    """A tiny random unified model whose VQ encodes the whole image at once: a random VQ that encodes
+    each patch alone (local codes) gives every patch of a 64x64 scene the same code, so no reward could
+    tell a blank canvas from a shape by its codes."""
+    from tests.conftest import tiny_unified
+
+    torch.manual_seed(0)
+    model = tiny_unified()
+    if "_local_codes" in model.vq.config:
+        model.vq.register_to_config(_local_codes=False)
+    return model.save(tmp_path_factory.mktemp("global") / "unified")
+
+
 def small(tmp_path, tiny_models, **over) -> list[str]:
     sets = {"unified_model": str(tiny_models / "unified"), "fresh_per_family": 1, "samples_per_prompt": 2,
             "rendered_per_prompt": 1, "held_out": 0.3, "max_steps": 2, "save_steps": 2, "logging_steps": 1,
@@ -84,18 +98,19 @@ def test_metrics():
     assert r.accuracy == pytest.approx(2 / 3) and r.pair_accuracy == 0.5 and r.gap == pytest.approx(0.6 - 1 / 3)
 
 
-def test_train_reward_learns_resumes_and_judges(tmp_path, tiny_models, loop_run):
+def test_train_reward_learns_resumes_and_judges(tmp_path, tiny_models, loop_run, global_codes):
     """Real RewardTrainer on the tiny unified LM: pairs of a loop run, a hand-made run and fresh drawings;
     interrupted after 2 steps and resumed to 40; it fits its pairs, the export loads as a judge."""
     made = make_run(tmp_path / "made")
     work, args = tmp_path / "work", ["train", "reward", str(loop_run), str(made), "--config", "configs/reward.yaml"]
-    first = runner.invoke(app, [*args, "--work", str(work), *small(tmp_path, tiny_models, learning_rate=1e-3)])
+    learn = {"learning_rate": 1e-3, "unified_model": str(global_codes)}
+    first = runner.invoke(app, [*args, "--work", str(work), *small(tmp_path, tiny_models, **learn)])
     assert first.exit_code == 0, first.output
     assert (work / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
     items = json.loads((work / "items.json").read_text())
     assert {i["source"] for i in items} >= {"round0", "round1", "drawn", "rendered"}
     again = runner.invoke(app, [*args, "--work", str(work),
-                                *small(tmp_path, tiny_models, max_steps=40, learning_rate=1e-3)])
+                                *small(tmp_path, tiny_models, max_steps=40, **learn)])
     assert again.exit_code == 0, again.output
     assert "resuming at checkpoint-2" in again.output and "learned reward vs verifier" in again.output
     out = work / "reward"
@@ -110,7 +125,7 @@ def test_train_reward_learns_resumes_and_judges(tmp_path, tiny_models, loop_run)
     scored = reward.score(["a red circle"] * 2, [blank, shape])
     assert all(0 <= s.value <= 1 for s in scored) and "P(right)" in scored[0].reason
     assert scored[1].value > scored[0].value
-    other = runner.invoke(app, [*args, "--work", str(work), *small(tmp_path, tiny_models, held_out=0.5)])
+    other = runner.invoke(app, [*args, "--work", str(work), *small(tmp_path, tiny_models, held_out=0.5, **learn)])
     assert other.exit_code == 2 and "other arguments" in other.output
 
     # the loop's judge (kind: learned) picks best-of-2 with it

@@ -15,7 +15,7 @@ TINY = UnifiedConfig(
     vq=VQConfig(block_out_channels=(8, 8, 8, 8), latent_channels=8, num_codes=32, vq_embed_dim=4, steps=3,
                 batch_size=4, reseed_every=2, decoder_steps=2),
     lm=LMConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, steps=4, batch_size=4, warmup=1),
-    selfplay=SelfPlayConfig(rounds=1, images=4, steps=2),
+    selfplay=SelfPlayConfig(rounds=1, images=4, steps=2, calibration_images=4),
 )
 
 
@@ -38,7 +38,8 @@ def test_recipe_writes_a_folder_the_libraries_load(tiny_unified):
     assert lm.config.vocab_size == len(tok) and vq.config.num_vq_embeddings == 32
     assert tok.convert_tokens_to_ids("<c0>") == CODE0
     record = json.loads((tiny_unified / "training.json").read_text())
-    assert set(record["stages"]) == {"vq", "lm", "decoder", "selfplay1"} and record["stages"]["lm"]["steps"] == 4
+    assert set(record["stages"]) == {"vq", "lm", "decoder", "selfplay1", "calibration"}
+    assert record["stages"]["lm"]["steps"] == 4
     assert record["stages"]["selfplay1"]["images"] == 4 and record["config"]["lm"]["hidden_size"] == 32
 
 
@@ -168,6 +169,7 @@ def test_world_commands_draw_edit_and_reflect_with_a_model_folder(tiny_models, t
     (["world", "eval", "unified", "--split", "holdout"], "unknown split"),
     (["world", "eval", "unified", "--batch-size", "0"], "--batch-size must be between 1 and 1024"),
     (["world", "eval", "unified", "--per-family", "-3"], "--per-family must be between 1 and 1000"),
+    (["world", "eval", "unified", "--per-family", "1", "--right-threshold", "1.5"], "--right-threshold must"),
     (["world", "generate", "a circle", "--out", "x.png", "--guidance", "-1"], "--guidance"),
 ])
 def test_bad_input_to_the_model_commands_exits_2_and_writes_nothing(tmp_path, monkeypatch, args, message):
@@ -213,3 +215,57 @@ def test_revision_targets_copy_the_source_codes_where_the_pixels_are_unchanged()
     written = copied["labels"][:, -128::2] != IGNORE
     same = copied["input_ids"][:, -129:-1:2] == copied["input_ids"][:, -128::2]
     assert written.all() and same.float().mean() > 0.5  # mostly copies of the source code just before
+
+
+@pytest.mark.parametrize("local", [True, False])
+def test_local_codes_depend_on_the_patch_alone(local):
+    """With local codes (the recipe's default) a patch's latent, hence its code, is a function of its own
+    pixels: the same content gets the same latent wherever it is and whatever surrounds it."""
+    from model.unified.vq import build_vq, latents, to_tensor
+
+    torch.manual_seed(0)
+    vq = build_vq(TINY.vq.model_copy(update={"local_codes": local})).eval()
+    rng = np.random.default_rng(0)
+    a = np.full((64, 64, 3), 255, np.uint8)
+    a[8:16, 8:16] = rng.integers(0, 256, (8, 8, 3))  # one patch of noise ...
+    b = np.full((64, 64, 3), 255, np.uint8)
+    b[40:48, 48:56] = a[8:16, 8:16]  # ... moved elsewhere
+    b[32:40, 48:56] = 0  # with a black patch right beside it
+    with torch.no_grad():
+        za, zb = latents(vq, to_tensor(np.stack([a, b])))
+    moved = torch.allclose(za[:, 1, 1], zb[:, 5, 6], atol=1e-5)
+    white = torch.allclose(za[:, 7, 7], zb[:, 4, 7], atol=1e-5) and torch.allclose(za[:, 0, 0], za[:, 2, 2], atol=1e-5)
+    assert moved == local and white == local
+    assert vq.config["_local_codes"] is local  # saved in vq/config.json with the folder
+
+
+def test_the_verdict_gate_writes_right_only_above_the_threshold():
+    from model.unified.calibrate import choose_threshold
+    from model.unified.sampling import VerdictGate
+    from model.unified.sequences import Layout
+    from model.unified.vocab import build_tokenizer, corpus
+
+    layout = Layout(build_tokenizer(32, corpus(20)))
+    ids = torch.tensor([[layout.pad, layout.verdict_word, layout.colon], [layout.pad, layout.colon, layout.right_word]])
+    scores = torch.zeros(2, len(layout.tok))
+    scores[:, layout.right_word], scores[:, layout.wrong_word] = 2.0, 0.0  # P(right) = 0.88 on both rows
+    for threshold, want in ((0.5, layout.right_word), (0.95, layout.wrong_word)):
+        out = VerdictGate(layout, threshold)(ids, scores.clone())
+        assert out[0].argmax() == want and torch.isinf(out[0]).sum() == len(layout.tok) - 1
+        assert torch.equal(out[1], scores[1])  # not at a verdict: untouched
+    p = np.array([0.99, 0.98, 0.97, 0.9, 0.6, 0.3])
+    right = np.array([True, True, False, False, False, False])
+    assert choose_threshold(p, right) == (0.98, 1.0)  # an overconfident model: the cut moves up
+
+
+def test_the_calibrated_threshold_travels_with_the_folder(tiny_unified, tmp_path):
+    from model.unified.bundle import Sampling, UnifiedModel
+
+    m = UnifiedModel.load(tiny_unified)
+    assert json.loads((tiny_unified / "reflect.json").read_text())["images"] == TINY.selfplay.calibration_images
+    m.calibrated_threshold, m.calibration = 0.75, {"images": 3}
+    m.save(tmp_path / "m")
+    again = UnifiedModel.load(tmp_path / "m")
+    assert again.calibrated_threshold == 0.75 and again.calibration["images"] == 3
+    forced = UnifiedModel.load(tmp_path / "m", sampling=Sampling(right_threshold=0.0))
+    assert forced.sampling.right_threshold == 0.0  # a run config may override the folder's value

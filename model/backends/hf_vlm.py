@@ -6,7 +6,9 @@ of "Yes" for the first answer token, normalised over the yes and no tokens only 
 variant of each word counts), so a model that would rather say something else still gives a score.
 
 Both build their inputs with the processor's own chat template (`apply_chat_template` with the
-images in the messages), so any `AutoModelForImageTextToText` checkpoint works as saved.
+images in the messages), so any `AutoModelForImageTextToText` checkpoint works as saved. The critic
+may be given the session's earlier rounds: they go first, as a multi-image conversation
+(model/backends/chat.py, the same turns the served critic sends).
 """
 
 from __future__ import annotations
@@ -20,23 +22,17 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from model.backends.chat import (
+    CRITIC_TEMPLATE,
+    FOLLOWUP,
+    JUDGE_TEMPLATE,
+    History,
+    check_history,
+    critic_messages,
+    has_prompt,
+)
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-CRITIC_TEMPLATE = """This image was generated for the prompt: "{prompt}".
-Check the image against the prompt. Answer in exactly this format, one field a line:
-seen: the objects you see, each with its colour and place, separated by ';'
-wrong: what does not match the prompt, separated by ';' (or: nothing)
-verdict: right or wrong
-edit: ONE instruction that fixes the image (only when the verdict is wrong)
-An edit is one of: add two yellow squares | remove the blue square | make the green triangle red | \
-move the red circle below the blue square | regenerate (when no single edit can fix it).
-Example:
-seen: a red circle (top left); a blue square (bottom right)
-wrong: the circle is not below the square (it is above it)
-verdict: wrong
-edit: move the red circle below the blue square"""
-
-JUDGE_TEMPLATE = "Does this image show {prompt}? Answer yes or no."
 
 
 class VLMConfig(BaseModel):
@@ -50,14 +46,13 @@ class VLMConfig(BaseModel):
     @field_validator("template")
     @classmethod
     def _has_prompt(cls, template: str) -> str:
-        if "{prompt}" not in template:
-            raise ValueError("the template must contain {prompt}")
-        return template
+        return has_prompt(template)
 
 
 class HFVLMCriticConfig(VLMConfig):
     kind: Literal["hf_vlm"] = "hf_vlm"
     template: str = CRITIC_TEMPLATE
+    followup: str = FOLLOWUP  # the message beside each later image when the critic sees the session's history
     max_new_tokens: int = Field(160, ge=1)
 
 
@@ -93,34 +88,40 @@ class VLM:
         self.model, self.processor = load_vlm(cfg.path, cfg.dtype, cfg.device)
         self._lock = threading.Lock()
 
-    def inputs(self, prompts: list[str], images: list[np.ndarray]):
-        """One chat per row: the image, then the template with the prompt; left-padded, so that every
-        row's next token comes right after its own prompt."""
+    def inputs(self, prompts: list[str], images: list[np.ndarray], history: list[History] | None = None):
+        """One chat per row: the image, then the template with the prompt (after the row's earlier rounds,
+        see model/backends/chat.py); left-padded, so that every row's next token comes right after its
+        own prompt."""
         if len(prompts) != len(images):
             raise ValueError(f"{len(prompts)} prompts, {len(images)} images")
-        chats = [[{"role": "user", "content": [
-            {"type": "image", "image": Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")},
-            {"type": "text", "text": self.cfg.template.replace("{prompt}", prompt)}]}]
-            for prompt, image in zip(prompts, images)]
+        followup = getattr(self.cfg, "followup", FOLLOWUP)
+        chats = [critic_messages(prompt, image, earlier, self.cfg.template, followup, pil_part)
+                 for prompt, image, earlier in zip(prompts, images, check_history(history, len(prompts)))]
         batch = self.processor.apply_chat_template(
             chats, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
             processor_kwargs={"padding": True, "padding_side": "left"})
         return batch.to(self.cfg.device, dtype=self.model.dtype)  # pixels in the model's dtype; ids stay ints
 
     @torch.inference_mode()
-    def answer(self, prompts: list[str], images: list[np.ndarray], **kwargs):
+    def answer(self, prompts: list[str], images: list[np.ndarray], history=None, **kwargs):
         """Greedy generation; (inputs, output ids or generate's dict)."""
-        batch = self.inputs(prompts, images)
+        batch = self.inputs(prompts, images, history)
         with self._lock:
             return batch, self.model.generate(**batch, do_sample=False, **kwargs)
+
+
+def pil_part(image: np.ndarray) -> dict:
+    return {"type": "image", "image": Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")}
 
 
 class HFVLMCritic(VLM):
     cfg: HFVLMCriticConfig
 
-    def critique(self, prompts: list[str], images: list[np.ndarray]) -> list[str]:
-        """Greedy reflections, the text only (policies.critique parses it)."""
-        batch, out = self.answer(prompts, images, max_new_tokens=self.cfg.max_new_tokens)
+    def critique(self, prompts: list[str], images: list[np.ndarray],
+                 history: list[History] | None = None) -> list[str]:
+        """Greedy reflections, the text only (policies.critique parses it). `history`: per row, the
+        session's earlier rounds (image, reflection), oldest first; None or [] is the image alone."""
+        batch, out = self.answer(prompts, images, history, max_new_tokens=self.cfg.max_new_tokens)
         new = out[:, batch["input_ids"].shape[1]:]
         return [t.strip() for t in self.processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
 

@@ -24,7 +24,8 @@ class UnifiedRoles:
         self.cfg = cfg
         self.path = cfg.path or str(DEFAULT_MODEL)
         self.model, self._lock = _shared(cfg.path, cfg.device)
-        self.sampling = Sampling(guidance=cfg.guidance, temperature=cfg.temperature, top_k=cfg.top_k)
+        self.sampling = Sampling(guidance=cfg.guidance, temperature=cfg.temperature, top_k=cfg.top_k,
+                                 right_threshold=cfg.right_threshold)
 
     def _call(self, fn, *args):
         with self._lock:

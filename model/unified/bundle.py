@@ -4,6 +4,7 @@ reflect, revise, edit (see sequences.py). Pure inference: nothing here reads the
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ class Sampling:
     guidance: float = 1.5  # classifier-free guidance of drawings (1: none)
     temperature: float = 1.0
     top_k: int = 0
+    right_threshold: float | None = None  # the verdict gate; None: the folder's calibrated one (reflect.json)
 
 
 class UnifiedModel:
@@ -41,6 +43,8 @@ class UnifiedModel:
         self.lm, self.tok, self.vq = lm.eval(), tokenizer, vq.eval()
         self.layout = Layout(tokenizer)
         self.sampling = sampling or Sampling()
+        self.calibrated_threshold = 0.5  # what the folder's reflect.json says, when it has one
+        self.calibration: dict = {}  # how it was chosen (calibrate.py)
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "cpu", sampling: Sampling | None = None):
@@ -56,7 +60,11 @@ class UnifiedModel:
                                         "`refloop world train unified` or give the folder it wrote")
         lm = AutoModelForCausalLM.from_pretrained(path).to(device)
         vq = VQModel.from_pretrained(path / "vq").to(device)
-        return cls(lm, AutoTokenizer.from_pretrained(path), vq, sampling)
+        model = cls(lm, AutoTokenizer.from_pretrained(path), vq, sampling)
+        if (path / "reflect.json").is_file():
+            model.calibration = json.loads((path / "reflect.json").read_text())
+            model.calibrated_threshold = float(model.calibration["right_threshold"])
+        return model
 
     def save(self, path: Path, extra_files: dict[str, str] | None = None) -> Path:
         """Written beside, then swapped in: a reader never sees half a model."""
@@ -65,6 +73,8 @@ class UnifiedModel:
         self.lm.save_pretrained(tmp)
         self.tok.save_pretrained(tmp)
         self.vq.save_pretrained(tmp / "vq")
+        (tmp / "reflect.json").write_text(json.dumps(
+            {**self.calibration, "right_threshold": self.calibrated_threshold}, indent=1) + "\n")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
         umask = os.umask(0)
@@ -92,8 +102,10 @@ class UnifiedModel:
 
     def reflect(self, prompts: list[str], images: list[np.ndarray]) -> tuple[list[str], list[float | None]]:
         codes = encode(self.vq, as_canvas(images)).tolist()
+        threshold = self.sampling.right_threshold
         return write_reflections(self.lm, self.layout,
-                                 [self.layout.reflect_prefix(p, c) for p, c in zip(prompts, codes)])
+                                 [self.layout.reflect_prefix(p, c) for p, c in zip(prompts, codes)],
+                                 right_threshold=self.calibrated_threshold if threshold is None else threshold)
 
     def revise(self, prompts: list[str], images: list[np.ndarray], instructions: list[str],
                seeds: list[int]) -> list[np.ndarray]:

@@ -15,9 +15,11 @@ class VQConfig(Strict):
     layers_per_block: int = Field(1, ge=1)
     latent_channels: int = Field(32, ge=1)
     norm_num_groups: int = Field(8, ge=1)
-    # attention in the middle block lets every code see the whole image; off, a code sees a (large)
-    # neighbourhood only. Neither makes codes local: see the README on the tokenizer.
-    mid_attention: bool = True
+    # local codes: the encoder sees one 8x8 patch at a time, so a patch's code depends on its pixels
+    # only (the same content is always the same code, keeping a patch is copying its code); off, the
+    # encoder sees the whole image and codes depend on their neighbourhood (the first shipped model).
+    local_codes: bool = True
+    mid_attention: bool = True  # in the encoder (of a patch, with local codes) and the decoder (whole grid)
     num_codes: int = Field(512, ge=2)
     vq_embed_dim: int = Field(16, ge=1)
     steps: int = Field(3000, ge=0)
@@ -61,6 +63,8 @@ class SelfPlayConfig(Strict):
     own_share: float = Field(0.5, ge=0, le=1)  # share of batches made of own images (the rest: the synthetic mix)
     lr: float = Field(5e-4, gt=0)
     guidance: float = Field(1.5, ge=0)
+    # then the verdict gate's threshold, on this many own drawings of train prompts (0: no gate, 0.5)
+    calibration_images: int = Field(512, ge=0)
 
 
 class UnifiedConfig(YamlConfig):
@@ -79,3 +83,5 @@ class UnifiedBackendConfig(BaseModel):
     guidance: float = Field(1.5, ge=0, allow_inf_nan=False)  # classifier-free guidance of drawings
     temperature: float = Field(1.0, ge=0, le=10, allow_inf_nan=False)
     top_k: int = Field(0, ge=0)
+    # the reflection says "right" only when P(right) reaches this; None: the folder's calibrated value
+    right_threshold: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)

@@ -55,6 +55,28 @@ class ImageSpanSampler(LogitsProcessor):
         return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self.generators)])
 
 
+class VerdictGate(LogitsProcessor):
+    """Right after `verdict:` the verdict is "right" only when P(right) (of right vs wrong) reaches the
+    threshold, else "wrong". The threshold is calibrated on the model's own train-prompt drawings
+    (calibrate.py): a greedy verdict at 0.5 called too many wrong images right."""
+
+    def __init__(self, layout: Layout, threshold: float):
+        self.verdict, self.colon = layout.verdict_word, layout.colon
+        self.right, self.wrong, self.threshold = layout.right_word, layout.wrong_word, threshold
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if input_ids.shape[1] < 2:
+            return scores
+        at = (input_ids[:, -2] == self.verdict) & (input_ids[:, -1] == self.colon)
+        if not at.any():
+            return scores
+        p_right = scores[:, [self.right, self.wrong]].float().softmax(-1)[:, 0]
+        pick = torch.where(p_right >= self.threshold, self.right, self.wrong)
+        forced = torch.full_like(scores, float("-inf"))
+        forced[torch.arange(len(pick), device=scores.device), pick] = 0.0
+        return torch.where(at[:, None], forced, scores)
+
+
 def left_pad(layout: Layout, rows: list[list[int]], device) -> dict[str, torch.Tensor]:
     n = max(map(len, rows))
     ids = torch.full((len(rows), n), layout.pad)
@@ -84,8 +106,10 @@ def sample_image_codes(model, layout: Layout, prefixes: list[list[int]], seeds: 
 
 
 @torch.inference_mode()
-def write_reflections(model, layout: Layout, prefixes: list[list[int]], max_new_tokens: int = 96):
-    """Greedy reflections after each prefix; returns (texts, P(verdict right) per row or None)."""
+def write_reflections(model, layout: Layout, prefixes: list[list[int]], max_new_tokens: int = 96,
+                      right_threshold: float = 0.5):
+    """Greedy reflections after each prefix, the verdict gated by `right_threshold`; returns (texts,
+    P(verdict right) per row or None: the raw probability, before the gate)."""
     from model.unified.vocab import detokenize
 
     device = next(model.parameters()).device
@@ -93,6 +117,7 @@ def write_reflections(model, layout: Layout, prefixes: list[list[int]], max_new_
     start = batch["input_ids"].shape[1]
     room = model.config.max_position_embeddings - start
     out = model.generate(**batch, do_sample=False, max_new_tokens=min(max_new_tokens, room),
+                         logits_processor=LogitsProcessorList([VerdictGate(layout, right_threshold)]),
                          suppress_tokens=layout.not_text, eos_token_id=layout.eos, pad_token_id=layout.pad,
                          output_logits=True, return_dict_in_generate=True)
     new = out.sequences[:, start:]

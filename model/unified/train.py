@@ -5,7 +5,8 @@ checkpoint in the work folder (rerun the same command after a kill):
 2. the word tokenizer and the LM on the synthetic task stream (draw, reflect, revise, edit);
 3. the VQ decoder sharpened on fixed codes (independent of 2: `--only decoder` runs it in a second
    process meanwhile, and the main run then finds it done);
-4. rounds of self-play: the model's own drawings labelled by the verifier, mixed back in.
+4. rounds of self-play: the model's own drawings labelled by the verifier, mixed back in;
+5. the verdict gate's threshold, calibrated on its own drawings of train prompts.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from model.recipe import pick_device, pin_config, training_record
 from model.unified.bundle import DEFAULT_MODEL, Sampling, UnifiedModel
+from model.unified.calibrate import calibrate
 from model.unified.config import UnifiedConfig
 from model.unified.selfplay import mixed_batch, own_rows, save_rows
 from model.unified.sequences import Layout
@@ -66,8 +68,13 @@ def train_unified(cfg: UnifiedConfig, work: Path, export: Path | None = None, de
         record = train_lm(lm, batches, steps=sp.steps, lr=sp.lr, warmup=0, weight_decay=lm_cfg.weight_decay,
                           state=work / f"selfplay{r}.pt", name=f"self-play {r + 1}", device=dev, log=log)
         stages[f"selfplay{r + 1}"] = {**record, **saved["stats"]}
+    model = UnifiedModel(lm, tok, vq)
+    if sp.calibration_images:
+        model.calibration = calibrate(model, sp.calibration_images, sp.guidance, cfg.seed, log=log)
+        model.calibrated_threshold = model.calibration["right_threshold"]
+        stages["calibration"] = model.calibration
     out = export or DEFAULT_MODEL
-    UnifiedModel(lm, tok, vq).save(out)
+    model.save(out)
     training_record(out / "training.json", cfg, stages)
     return out
 

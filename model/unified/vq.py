@@ -15,11 +15,26 @@ from model.unified.config import VQConfig
 
 def build_vq(cfg: VQConfig) -> VQModel:
     n = len(cfg.block_out_channels)
-    return VQModel(block_out_channels=cfg.block_out_channels, layers_per_block=cfg.layers_per_block,
+    vq = VQModel(block_out_channels=cfg.block_out_channels, layers_per_block=cfg.layers_per_block,
                    down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
                    latent_channels=cfg.latent_channels, num_vq_embeddings=cfg.num_codes,
                    vq_embed_dim=cfg.vq_embed_dim, norm_num_groups=cfg.norm_num_groups, sample_size=64,
                    mid_block_add_attention=cfg.mid_attention, lookup_from_codebook=True)
+    vq.register_to_config(_local_codes=cfg.local_codes)  # saved in vq/config.json, read back by latents()
+    return vq
+
+
+def latents(vq: VQModel, x: torch.Tensor, patch: int = 8) -> torch.Tensor:
+    """Pre-quantisation latents (B, D, 8, 8). With local codes each 8x8 patch is encoded on its own, so
+    a code is a function of its patch's pixels only: a white patch is always the same code and a patch an
+    edit leaves alone keeps its code (copying is then exact). The decoder still sees the whole grid."""
+    if not vq.config.get("_local_codes", False):
+        return vq.encode(x).latents
+    b, c, h, w = x.shape
+    gh, gw = h // patch, w // patch
+    tiles = x.reshape(b, c, gh, patch, gw, patch).permute(0, 2, 4, 1, 3, 5).reshape(b * gh * gw, c, patch, patch)
+    z = vq.encode(tiles).latents  # (B*64, D, 1, 1)
+    return z.reshape(b, gh, gw, -1).permute(0, 3, 1, 2)
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -35,7 +50,7 @@ def to_images(x: torch.Tensor) -> np.ndarray:
 def encode(vq: VQModel, images: np.ndarray) -> torch.Tensor:
     """uint8 images (B, 64, 64, 3) -> code indices (B, 64), row-major over the 8x8 grid."""
     device = next(vq.parameters()).device
-    h = vq.encode(to_tensor(images).to(device)).latents
+    h = latents(vq, to_tensor(images).to(device))
     _, _, (_, _, idx) = vq.quantize(h)
     return idx.view(h.shape[0], -1)
 
@@ -59,7 +74,7 @@ def scene_batch(seed: int, step: int, size: int) -> np.ndarray:
 
 
 def vq_loss(vq: VQModel, x: torch.Tensor, ink_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
-    h = vq.encode(x).latents
+    h = latents(vq, x)
     quant, commit, (_, _, idx) = vq.quantize(h)
     out = vq.decoder(vq.post_quant_conv(quant))
     ink = 1 + (ink_weight - 1) * (x < 0.98).any(dim=1, keepdim=True).float()
@@ -109,7 +124,7 @@ def reseed_dead_codes(vq: VQModel, x: torch.Tensor, last_used: torch.Tensor, ste
     dead = (last_used <= step - window).nonzero().flatten()
     if len(dead) == 0:
         return
-    h = vq.encode(x).latents.permute(0, 2, 3, 1).reshape(-1, vq.config.vq_embed_dim)
+    h = latents(vq, x).permute(0, 2, 3, 1).reshape(-1, vq.config.vq_embed_dim)
     pick = torch.randint(len(h), (len(dead),))
     vq.quantize.embedding.weight.data[dead.to(h.device)] = h[pick] + 0.01 * torch.randn_like(h[pick])
     last_used[dead] = step
@@ -131,7 +146,7 @@ def sharpen_decoder(cfg: VQConfig, seed: int, vq: VQModel, work: Path, device: t
     while step < cfg.decoder_steps:
         x = to_tensor(scene_batch(seed + 1, step, cfg.batch_size)).to(device)
         with torch.no_grad():
-            quant, _, _ = vq.quantize(vq.encode(x).latents)
+            quant, _, _ = vq.quantize(latents(vq, x))
         out = vq.decoder(vq.post_quant_conv(quant))
         ink = 1 + (cfg.ink_weight - 1) * (x < 0.98).any(dim=1, keepdim=True).float()
         loss = (ink * ((out - x) ** 2 + (out - x).abs())).mean()

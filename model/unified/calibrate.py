@@ -1,0 +1,43 @@
+"""The verdict gate's threshold, chosen on the model's own drawings of TRAIN prompts labelled by the
+verifier (never dev or test): the P(right) above which "right" is written. It maximises balanced
+accuracy (the mean of the right and wrong images' verdict accuracies), so that a model that draws few
+right images does not learn to call everything wrong or, as greedy decoding at 0.5 did, too much right."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from model.unified.bundle import UnifiedModel
+from model.unified.tasks import train_prompt
+from world import check_image
+
+
+def choose_threshold(p_right: np.ndarray, right: np.ndarray) -> tuple[float, float]:
+    """(threshold, balanced accuracy) over the candidate cuts between observed scores."""
+    if right.all() or not right.any():
+        return 0.5, float("nan")
+    cuts = np.unique(np.concatenate([[0.5], p_right]))
+    best = max((0.5 * ((p_right[right] >= c).mean() + (p_right[~right] < c).mean()), -abs(c - 0.5), c)
+                for c in cuts)
+    return float(best[2]), float(best[0])
+
+
+def calibrate(model: UnifiedModel, n_images: int, guidance: float, seed: int, batch: int = 64,
+              log=print) -> dict:
+    rng = np.random.default_rng([seed, 7])
+    scores, labels = [], []
+    for b in range(0, n_images, batch):
+        prompts = [train_prompt(rng) for _ in range(min(batch, n_images - b))]
+        images = model.draw(prompts, [int(s) for s in rng.integers(2**31, size=len(prompts))], guidance)
+        _, p = model.reflect(prompts, images)
+        scores += [0.0 if x is None else x for x in p]
+        labels += [check_image(q, img).ok for q, img in zip(prompts, images)]
+        log(f"calibration: {len(scores)}/{n_images} own drawings, {sum(labels)} right")
+    p_right, right = np.array(scores), np.array(labels)
+    threshold, balanced = choose_threshold(p_right, right)
+    at_half = 0.5 * ((p_right[right] >= 0.5).mean() + (p_right[~right] < 0.5).mean()) if 0 < right.sum() < len(right) \
+        else float("nan")
+    return {"right_threshold": threshold, "images": n_images, "right": int(right.sum()),
+            "balanced_accuracy": round(balanced, 4), "balanced_accuracy_at_0.5": round(float(at_half), 4),
+            "false_right": round(float((p_right[~right] >= threshold).mean()), 4) if (~right).any() else None,
+            "false_wrong": round(float((p_right[right] < threshold).mean()), 4) if right.any() else None}
