@@ -98,3 +98,114 @@ class Progress:
         eta = (self.total - step) / rate if rate > 0 else float("inf")
         shown = " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         self.log(f"{self.name} {step}/{self.total} {shown} {rate:.2f} steps/s eta {eta / 60:.1f} min")
+
+
+# -- TRL trainers (the learned reward and the policy) ------------------------------------------
+def command_line() -> str:
+    return " ".join(["refloop", *sys.argv[1:]]) if Path(sys.argv[0]).name == "refloop" else " ".join(sys.argv)
+
+
+def last_checkpoint(folder: Path) -> Path | None:
+    """The newest complete Trainer checkpoint. Trainer writes trainer_state.json last, so a
+    checkpoint without a readable one was cut off mid-save (a kill): it is removed."""
+    import shutil
+
+    if not folder.is_dir():
+        return None
+    found = sorted((p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for ckpt in found:
+        try:
+            json.loads((ckpt / "trainer_state.json").read_text())
+            return ckpt
+        except (OSError, ValueError):
+            shutil.rmtree(ckpt, ignore_errors=True)
+    return None
+
+
+def tensorboard() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+def pin_args(path: Path, args: dict, may_change: tuple[str, ...] = ("max_steps",)) -> None:
+    """pin_config for TRL's dataclass configs: a work folder belongs to one set of arguments
+    (but `may_change`, at any depth: rerun with more steps to train on)."""
+    def comparable(d):
+        if isinstance(d, dict):
+            return {k: comparable(v) for k, v in d.items() if k not in may_change}
+        return d
+
+    args = json.loads(json.dumps(args, default=str))
+    if path.is_file():
+        if comparable(json.loads(path.read_text())) != comparable(args):
+            raise ValueError(f"{path.parent} was started with other arguments ({path}); use a new --work folder "
+                             "or delete that one")
+        return
+    atomic_write(path, json.dumps(args, indent=2))
+
+
+def run_record(started: float, **fields) -> dict:
+    """What every training record holds besides its own fields: the command, commit, versions, time."""
+    import platform
+
+    import torch
+    import transformers
+    import trl
+
+    return {"command": command_line(), "git_commit": git_commit(), "wall_seconds": round(time.time() - started, 1),
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__},
+            "platform": platform.platform(), "cpu_threads": torch.get_num_threads(), **fields}
+
+
+def log_lines(stage: str, keys: tuple[str, ...], log=print):
+    """A Trainer callback: one line per logging step on the main process (the keys that are there),
+    instead of Trainer's dump of every metric."""
+    from transformers import TrainerCallback
+
+    class LogLines(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs or "train_runtime" in logs:
+                return
+            parts = [f"{k.split('/')[-1]} {logs[k]:.3g}" for k in keys if isinstance(logs.get(k), int | float)]
+            log(f"{stage} step {state.global_step}/{state.max_steps}: " + ", ".join(parts))
+
+    return LogLines()
+
+
+def quiet_libraries() -> None:
+    """No progress bars or load reports in a training log (datasets, transformers, TRL's notices)."""
+    from datasets.utils.logging import disable_progress_bar
+    from transformers.utils import logging
+
+    disable_progress_bar()
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func: used knowingly
+
+
+def quiet(trainer):
+    """Drop Trainer's PrinterCallback (it prints every metric again under disable_tqdm)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    return trainer
+
+
+def train_or_resume(trainer, log=print, stage: str = "train") -> None:
+    """Train, going on from the last complete checkpoint in args.output_dir. A run whose checkpoint
+    already reached max_steps only loads it (Trainer would take one more step)."""
+    from transformers import TrainerState
+
+    resume = last_checkpoint(Path(trainer.args.output_dir))
+    if resume is not None:
+        state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
+        if state.global_step >= trainer.args.max_steps:
+            log(f"{stage}: done earlier ({resume.name})")
+            trainer._load_from_checkpoint(str(resume))
+            trainer.state = state
+            return
+        log(f"{stage}: resuming at {resume.name}")
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)

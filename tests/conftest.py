@@ -3,10 +3,6 @@ import pytest
 import torch
 import yaml
 
-# A tiny random ShapeWorld pipeline: real architecture, seconds to build, meaningless pixels.
-TINY = {"vae": {"block_out_channels": [8, 8, 8]},
-        "denoiser": {"num_layers": 2, "heads": 2, "head_dim": 8, "text_hidden": 16, "text_layers": 1}}
-
 
 @pytest.fixture
 def rng():
@@ -15,17 +11,9 @@ def rng():
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
-    """Folders of a tiny random generator/editor and critic, saved as real checkpoints."""
-    from model.critic.build import build_critic
-    from model.shapeworld.build import build_pipeline
-    from model.shapeworld.config import GeneratorConfig
-
+    """A folder holding a tiny random unified model (unified/), saved as a real checkpoint."""
     root = tmp_path_factory.mktemp("tiny-models")
     torch.manual_seed(0)
-    build_pipeline(GeneratorConfig.model_validate(TINY)).save_pretrained(root / "image")
-    model, processor = build_critic()
-    model.save_pretrained(root / "critic")
-    processor.save_pretrained(root / "critic")
     tiny_unified().save(root / "unified")
     return root
 

@@ -7,14 +7,12 @@
       critic: {kind: served, base_url: http://localhost:8000/v1, model: NAME}  # an OpenAI-compatible server
 
 A role without `kind` is the embedded unified model (one network draws, edits, reflects and judges).
-`kind: shapeworld` names the earlier embedded critic (a small LLaVA), kept while the learned reward
-and GRPO recipes still build on its architecture. Each `load_*` builds the backend its config names;
-a missing folder raises FileNotFoundError naming it.
+Each `load_*` builds the backend its config names; a missing folder raises FileNotFoundError naming it.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import Discriminator, Tag
 
@@ -22,15 +20,8 @@ from model.backends.diffusers_image import DiffusersImageConfig, DiffusersImageM
 from model.backends.hf_vlm import HFVLMCritic, HFVLMCriticConfig, HFVLMJudge, HFVLMJudgeConfig
 from model.backends.served import ServedCritic, ServedCriticConfig, ServedJudge, ServedJudgeConfig
 from model.backends.served_client import ServedModelError
-from model.critic.backend import CriticBackendConfig, ShapeWorldCritic
 from model.roles import Critic, Editor, Generator, Judge
 from model.unified.config import UnifiedBackendConfig
-
-
-class ShapeWorldCriticConfig(CriticBackendConfig):
-    """The embedded critic, with the `kind` that names it among the critic backends."""
-
-    kind: Literal["shapeworld"] = "shapeworld"
 
 
 def kind_or(default: str):
@@ -47,8 +38,8 @@ ImageConfig = Annotated[
     kind_or("unified"),
 ]
 CriticConfig = Annotated[
-    Annotated[UnifiedBackendConfig, Tag("unified")] | Annotated[ShapeWorldCriticConfig, Tag("shapeworld")]
-    | Annotated[HFVLMCriticConfig, Tag("hf_vlm")] | Annotated[ServedCriticConfig, Tag("served")],
+    Annotated[UnifiedBackendConfig, Tag("unified")] | Annotated[HFVLMCriticConfig, Tag("hf_vlm")]
+    | Annotated[ServedCriticConfig, Tag("served")],
     kind_or("unified"),
 ]
 JudgeConfig = HFVLMJudgeConfig | ServedJudgeConfig | UnifiedBackendConfig  # the exact verifier: search.judge
@@ -70,11 +61,9 @@ def load_image_model(cfg) -> Generator | Editor:
 def load_critic(cfg) -> Critic:
     if isinstance(cfg, UnifiedBackendConfig):
         return _unified(cfg)
-    if isinstance(cfg, HFVLMCriticConfig):
-        return HFVLMCritic(cfg)
     if isinstance(cfg, ServedCriticConfig):
         return ServedCritic(cfg)
-    return ShapeWorldCritic(cfg)
+    return HFVLMCritic(cfg)
 
 
 def load_judge(cfg) -> Judge:
@@ -88,6 +77,6 @@ def load_judge(cfg) -> Judge:
 __all__ = [
     "CriticConfig", "DiffusersImageConfig", "DiffusersImageModel", "HFVLMCritic", "HFVLMCriticConfig", "HFVLMJudge",
     "HFVLMJudgeConfig", "ImageConfig", "JudgeConfig", "ServedCritic", "ServedCriticConfig", "ServedJudge",
-    "ServedJudgeConfig", "ServedModelError", "ShapeWorldCriticConfig", "UnifiedBackendConfig", "load_critic",
+    "ServedJudgeConfig", "ServedModelError", "UnifiedBackendConfig", "load_critic",
     "load_image_model", "load_judge",
 ]

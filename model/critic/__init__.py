@@ -1,1 +1,0 @@
-"""The critic: a small LLaVA-style vision-language model that reads (prompt, image) and writes a reflection."""

@@ -1,1 +1,0 @@
-"""The embedded ShapeWorld models: trained from scratch here, shipped with the package."""
