@@ -42,7 +42,6 @@ def export_cmd(
 
     Exit status: 0 written; 2 bad input (nothing written).
     """
-    from agent.export import export
     from agent.store import RunStore
 
     given = {"reward_key": reward_key, "form": form, "include_final": include_final, "min_margin": min_margin,
@@ -62,6 +61,8 @@ def export_cmd(
         if request is not None and "{prompt}" not in request:
             raise UsageError("--request must contain {prompt} (the session's prompt goes there)")
         stores = [RunStore.open(run) for run in runs]
+        from agent.export import export  # datasets: only once the input is read
+
         path = export(stores, kind.value, out, overwrite=overwrite, include_unfinished=include_unfinished,
                       request=request, **options)
     from datasets import load_from_disk
