@@ -163,8 +163,9 @@ def preference_dataset(
     critiques of different rounds (different images) cannot be paired. Critiques are grouped by
     prompt text and image path (content-addressed: same path = same pixels), across sessions
     and runs: repeated or forked sessions, or several critic samples per image, give the pairs.
-    In a group, every two critiques whose outcomes (see `_outcome`) differ by more than
-    `min_margin` make a pair; the one that led to the higher reward is chosen. Unparsed
+    In a group, every two critiques whose outcomes (see `_outcome`, under `reward_key`: left out,
+    the verifier's, else the judge's; agent/export_runs.py) differ by more than `min_margin`
+    make a pair; the one that led to the higher reward is chosen. Unparsed
     critiques take part: a malformed critique that led nowhere good is a fine rejected one.
     `chosen_from` / `rejected_from` are "run_id:session_id:round"."""
     stores = _stores(stores)
