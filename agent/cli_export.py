@@ -6,7 +6,7 @@ not take) before anything is written; the dataset lands in --out whole or not at
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -14,7 +14,7 @@ import typer
 from agent.errors import UsageError, check_finite, refusals
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     sft = "sft"
     preference = "preference"
     grpo = "grpo"

@@ -185,7 +185,8 @@ def test_open_runs_export_the_judges_score_and_the_open_tasks_words(tmp_path, px
     s = open_store(tmp_path / "open", px)
     ask = load_task("open").critic_template.replace("{prompt}", P)
     (sft,) = sft_dataset(s)
-    assert sft["messages"][0] == {"role": "user", "content": ask} and (sft["reward"], sft["next_reward"]) == pytest.approx((0.1, 0.4))
+    assert sft["messages"][0] == {"role": "user", "content": ask}
+    assert (sft["reward"], sft["next_reward"]) == pytest.approx((0.1, 0.4))
     (pair,) = preference_dataset(s)  # judge: f kept an image scored 0.8, g's edit made one scored 0.4
     assert (pair["chosen_from"], pair["rejected_from"]) == ("open1:f:0", "open1:g:0")
     assert (pair["chosen_reward"], pair["rejected_reward"]) == pytest.approx((0.8, 0.4))
