@@ -7,6 +7,7 @@ from importlib.metadata import PackageNotFoundError, version
 import typer
 
 from agent.cli_bench import bench_cmd
+from agent.cli_export import export_cmd
 from agent.cli_inspect import inspect_cmd
 from agent.cli_replay import replay_cmd
 from agent.cli_run import run_cmd
@@ -27,6 +28,7 @@ app.command("inspect")(inspect_cmd)
 app.command("bench")(bench_cmd)
 app.command("replay")(replay_cmd)
 app.command("view")(view_cmd)
+app.command("export")(export_cmd)
 app.add_typer(world_app, name="world")
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")

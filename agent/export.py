@@ -15,6 +15,11 @@ keyword arguments (e.g. `task_prompt` for the verifier). No extra column is call
 `image` or `messages`: TRL's `is_conversational` picks any one of those keys to decide.
 Images are the stored PNG bytes, so a saved dataset does not depend on the run directory.
 Rows are built in memory (a few KB per 64x64 image; shard by store for big runs).
+
+The user turn is what the run's critic was asked (agent/export_runs.py: the config's template,
+else the task's words), one image per row: a critic run with `history: K` saw earlier rounds too,
+which a row leaves out. The reward is the verifier's where runs have one, else the judge's
+(open-task runs); `reward_key` names another, and a key a run lacks is refused (UsageError).
 """
 
 from __future__ import annotations
@@ -28,21 +33,21 @@ from typing import Literal
 
 from datasets import Dataset, Features, Image, List, Value
 
+from agent.export_runs import critic_request, pick_reward_key
 from agent.store import RunStore, StoreError
 from agent.trajectory import SessionRecord
-
-# What the critic is asked, with the image placed before it. A stand-in until policies/
-# defines the critique format; pass the critic's own wording as `request`.
-CRITIC_REQUEST = ('This image was generated for the prompt "{prompt}". Does it match the prompt exactly? '
-                  "If not, say what is wrong and give the one edit that fixes it.")
 
 Stores = RunStore | Iterable[RunStore]
 _MESSAGES = List({"role": Value("string"), "content": Value("string")})
 _SOURCE = {"task_prompt": Value("string"), "family": Value("string"), "run_id": Value("string")}
 
 
-def _sessions(stores: Stores, include_unfinished: bool) -> Iterator[tuple[RunStore, SessionRecord]]:
-    for store in [stores] if isinstance(stores, RunStore) else stores:
+def _stores(stores: Stores) -> list[RunStore]:
+    return [stores] if isinstance(stores, RunStore) else list(stores)
+
+
+def _sessions(stores: list[RunStore], include_unfinished: bool) -> Iterator[tuple[RunStore, SessionRecord]]:
+    for store in stores:
         for session in store.sessions():
             if session.status == "done" or include_unfinished:
                 yield store, session
@@ -66,8 +71,16 @@ class _Images:
         return self.cache[key]
 
 
-def _user(request: str, prompt: str) -> list[dict]:
-    return [{"role": "user", "content": request.format(prompt=prompt)}]
+class _Requests:
+    """The user turn per run: `request` when given, else the words the run's critic was asked in."""
+
+    def __init__(self, request: str | None):
+        self.request, self.cache = request, {}
+
+    def __call__(self, store: RunStore, prompt: str) -> list[dict]:
+        if store.root not in self.cache:
+            self.cache[store.root] = self.request if self.request is not None else critic_request(store)
+        return [{"role": "user", "content": self.cache[store.root].replace("{prompt}", prompt)}]
 
 
 def _assistant(text: str) -> list[dict]:
@@ -84,8 +97,8 @@ def sft_dataset(
     form: Literal["messages", "prompt_completion"] = "messages",
     include_final: bool = False,
     include_unfinished: bool = False,
-    reward_key: str = "verifier",
-    request: str = CRITIC_REQUEST,
+    reward_key: str | None = None,
+    request: str | None = None,
 ) -> Dataset:
     """Reflection data for SFTTrainer: the round's image and the critic request -> the critique.
 
@@ -102,13 +115,15 @@ def sft_dataset(
         "verdict": Value("string"), "correct": Value("bool"), "reward": Value("float64"),
         "next_reward": Value("float64"), **_SOURCE, "session_id": Value("string"), "round": Value("int64"),
     })
-    image, rows = _Images(), []
+    stores = _stores(stores)
+    reward_key = pick_reward_key(stores, reward_key, needed=False)
+    image, user_turn, rows = _Images(), _Requests(request), []
     for store, s in _sessions(stores, include_unfinished):
         for k, r in enumerate(s.rounds):
             nxt = s.rounds[k + 1] if k + 1 < len(s.rounds) else None
             if r.critique is None or r.critique_error is not None or (nxt is None and not include_final):
                 continue
-            user, answer = _user(request, s.prompt), _assistant(r.critique)
+            user, answer = user_turn(store, s.prompt), _assistant(r.critique)
             rows.append({
                 "images": [image(store, r.image)],
                 **({"messages": user + answer} if form == "messages" else {"prompt": user, "completion": answer}),
@@ -121,23 +136,26 @@ def sft_dataset(
     return _dataset(rows, features)
 
 
-def _outcome(s: SessionRecord, k: int, reward_key: str) -> float | None:
-    """What a critique led to: the reward of the next round's image, or, when the critic said
-    "right" and the loop kept this image, this image's own reward. None when unknown."""
+def _outcome(s: SessionRecord, k: int, reward_key: str | None) -> float | None:
+    """What a critique led to: the reward of the next round's image, or, when the loop kept this
+    image because of it (the critic said "right", or wrote what could not be read, which ends a
+    session), this image's own reward. None when unknown (an edit asked for and never made)."""
+    if reward_key is None:
+        return None
     if k + 1 < len(s.rounds):
         return s.rounds[k + 1].rewards.get(reward_key)
-    if s.rounds[k].verdict == "right":
+    if s.rounds[k].verdict == "right" or s.rounds[k].critique_error is not None:
         return s.rounds[k].rewards.get(reward_key)
     return None
 
 
 def preference_dataset(
     stores: Stores,
-    reward_key: str = "verifier",
+    reward_key: str | None = None,
     *,
     min_margin: float = 0.0,
     include_unfinished: bool = False,
-    request: str = CRITIC_REQUEST,
+    request: str | None = None,
 ) -> Dataset:
     """Critique pairs for DPOTrainer: two critiques of the SAME image for the SAME prompt.
 
@@ -145,10 +163,13 @@ def preference_dataset(
     critiques of different rounds (different images) cannot be paired. Critiques are grouped by
     prompt text and image path (content-addressed: same path = same pixels), across sessions
     and runs: repeated or forked sessions, or several critic samples per image, give the pairs.
-    In a group, every two critiques whose outcomes (see `_outcome`) differ by more than
-    `min_margin` make a pair; the one that led to the higher reward is chosen. Unparsed
+    In a group, every two critiques whose outcomes (see `_outcome`, under `reward_key`: left out,
+    the verifier's, else the judge's; agent/export_runs.py) differ by more than `min_margin`
+    make a pair; the one that led to the higher reward is chosen. Unparsed
     critiques take part: a malformed critique that led nowhere good is a fine rejected one.
     `chosen_from` / `rejected_from` are "run_id:session_id:round"."""
+    stores = _stores(stores)
+    reward_key = pick_reward_key(stores, reward_key, needed=True)
     groups: dict[tuple[str, str], list[tuple[RunStore, SessionRecord, int, float]]] = {}
     for store, s in _sessions(stores, include_unfinished):
         for k, r in enumerate(s.rounds):
@@ -160,7 +181,7 @@ def preference_dataset(
         "chosen_reward": Value("float64"), "rejected_reward": Value("float64"), **_SOURCE,
         "image_file": Value("string"), "chosen_from": Value("string"), "rejected_from": Value("string"),
     })
-    image, rows = _Images(), []
+    image, user_turn, rows = _Images(), _Requests(request), []
     for (prompt, rel), members in groups.items():
         for i, a in enumerate(members):
             for b in members[i + 1:]:
@@ -169,7 +190,7 @@ def preference_dataset(
                 if hi[3] - lo[3] <= min_margin or hi_text == lo_text:
                     continue
                 rows.append({
-                    "images": [image(hi[0], rel)], "prompt": _user(request, prompt),
+                    "images": [image(hi[0], rel)], "prompt": user_turn(hi[0], prompt),
                     "chosen": _assistant(hi_text), "rejected": _assistant(lo_text),
                     "chosen_reward": hi[3], "rejected_reward": lo[3],
                     "task_prompt": prompt, "family": hi[1].family, "run_id": hi[0].manifest.run_id,
@@ -185,7 +206,7 @@ def grpo_dataset(
     *,
     rounds: Literal["first", "all"] = "first",
     include_unfinished: bool = False,
-    request: str = CRITIC_REQUEST,
+    request: str | None = None,
 ) -> Dataset:
     """Prompts for GRPOTrainer: the critic request with the round-0 image of each session
     (rounds="all": every round's image). GRPO generates the critiques; the other columns
@@ -194,11 +215,11 @@ def grpo_dataset(
         "images": List(Image()), "prompt": _MESSAGES, **_SOURCE, "seed": Value("int64"),
         "correct": Value("bool"), "session_id": Value("string"), "round": Value("int64"),
     })
-    image, rows = _Images(), []
-    for store, s in _sessions(stores, include_unfinished):
+    image, user_turn, rows = _Images(), _Requests(request), []
+    for store, s in _sessions(_stores(stores), include_unfinished):
         for r in s.rounds[:1] if rounds == "first" else s.rounds:
             rows.append({
-                "images": [image(store, r.image)], "prompt": _user(request, s.prompt),
+                "images": [image(store, r.image)], "prompt": user_turn(store, s.prompt),
                 "task_prompt": s.prompt, "family": s.family, "run_id": store.manifest.run_id,
                 "seed": s.seed, "correct": r.correct, "session_id": s.id, "round": r.index,
             })

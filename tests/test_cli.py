@@ -97,6 +97,7 @@ print("heavy:", ",".join(m for m in {heavy!r} if m in sys.modules), "exit:", cod
     ["--help"], ["world", "--help"], ["run", "--help"], ["world", "sample", PROMPT, "--out", "{tmp}/x.png"],
     ["world", "check", PROMPT, "{tmp}/missing.png"], ["world", "suite", "dev", "--per-family", "1"],
     ["inspect", "{tmp}"], ["run", "a hexagon"], ["run", "a circle", "--max-rounds", "1000"],
+    ["export", "sft", "{tmp}/no-run", "--out", "{tmp}/sft"],
 ])
 def test_commands_that_need_no_model_import_no_heavy_library(tmp_path, args):
     """`refloop --help` and the world's model-free commands start in well under a second: torch,
