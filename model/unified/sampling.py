@@ -106,7 +106,7 @@ def sample_image_codes(model, layout: Layout, prefixes: list[list[int]], seeds: 
 
 
 @torch.inference_mode()
-def write_reflections(model, layout: Layout, prefixes: list[list[int]], max_new_tokens: int = 96,
+def write_reflections(model, layout: Layout, prefixes: list[list[int]], max_new_tokens: int = 160,
                       right_threshold: float = 0.5):
     """Greedy reflections after each prefix, the verdict gated by `right_threshold`; returns (texts,
     P(verdict right) per row or None: the raw probability, before the gate)."""

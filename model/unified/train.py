@@ -11,6 +11,7 @@ checkpoint in the work folder (rerun the same command after a kill):
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -70,7 +71,9 @@ def train_unified(cfg: UnifiedConfig, work: Path, export: Path | None = None, de
         stages[f"selfplay{r + 1}"] = {**record, **saved["stats"]}
     model = UnifiedModel(lm, tok, vq)
     if sp.calibration_images:
+        t0 = time.time()
         model.calibration = calibrate(model, sp.calibration_images, sp.guidance, cfg.seed, log=log)
+        model.calibration["seconds"] = round(time.time() - t0)
         model.calibrated_threshold = model.calibration["right_threshold"]
         stages["calibration"] = model.calibration
     out = export or DEFAULT_MODEL
