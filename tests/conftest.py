@@ -63,3 +63,17 @@ def served_llava(llava_folder, tmp_path_factory):
 
     with transformers_serve(llava_folder, tmp_path_factory.mktemp("serve-log") / "serve.log") as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def loop_run(tiny_run_config, tmp_path_factory):
+    """A real run of the loop on the tiny unified model (its rounds judged by the verifier)."""
+    from typer.testing import CliRunner
+
+    from agent.cli import app
+
+    out = tmp_path_factory.mktemp("loop") / "run"
+    result = CliRunner().invoke(app, ["run", "a red circle", "two blue squares", "--config", str(tiny_run_config),
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out

@@ -42,16 +42,6 @@ def make_run(path, n_sessions=12):
 
 
 @pytest.fixture(scope="module")
-def loop_run(tiny_run_config, tmp_path_factory):
-    """A real run of the loop on the tiny unified model (its rounds judged by the verifier)."""
-    out = tmp_path_factory.mktemp("loop") / "run"
-    result = runner.invoke(app, ["run", "a red circle", "two blue squares", "--config", str(tiny_run_config),
-                                 "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    return out
-
-
-@pytest.fixture(scope="module")
 def global_codes(tmp_path_factory):
     """A tiny random unified model whose VQ encodes the whole image at once: a random VQ that encodes
     each patch alone (local codes) gives every patch of a 64x64 scene the same code, so no reward could

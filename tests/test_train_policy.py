@@ -46,15 +46,6 @@ def tiny(tiny_models):
     return UnifiedModel.load(tiny_models / "unified")
 
 
-@pytest.fixture(scope="module")
-def loop_run(tiny_run_config, tmp_path_factory):
-    out = tmp_path_factory.mktemp("loop") / "run"
-    result = runner.invoke(app, ["run", "a red circle", "a blue square", "--config", str(tiny_run_config),
-                                 "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    return out
-
-
 def reflect_prompt(model, prompt="a red circle", seed=0):
     from model.unified.bundle import as_canvas
     from model.unified.vq import encode
