@@ -51,7 +51,7 @@ def tiny_run_config(tiny_models):
 @pytest.fixture(scope="session")
 def llava_folder(tmp_path_factory):
     """A tiny random LLaVA (tests/test_backends.py's builder) saved to a temp folder."""
-    from tests.test_backends import llava
+    from tests.tiny_checkpoints import llava
 
     return llava(tmp_path_factory.mktemp("served") / "llava")
 

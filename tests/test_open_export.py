@@ -29,7 +29,7 @@ runner = CliRunner()
 def configs(tmp_path: Path, vlm: Path, url: str) -> dict[str, Path]:
     """configs/open-diffusers-vlm.yaml with tiny checkpoints and CPU sizes; and the same with the critic and
     judge blocks of configs/served-transformers.yaml (base_url and model changed, as a user would)."""
-    from tests.test_backends import stable_diffusion
+    from tests.tiny_checkpoints import stable_diffusion
 
     local = yaml.safe_load((CONFIGS / "open-diffusers-vlm.yaml").read_text())
     local["models"]["image"].update(

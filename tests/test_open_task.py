@@ -41,7 +41,7 @@ CHILD = textwrap.dedent("""
 
 def open_config(tmp_path: Path) -> Path:
     """configs/open-diffusers-vlm.yaml as shipped, with tiny random checkpoints in its folders and CPU sizes."""
-    from tests.test_backends import llava, stable_diffusion
+    from tests.tiny_checkpoints import llava, stable_diffusion
 
     data = yaml.safe_load((ROOT / "configs" / "open-diffusers-vlm.yaml").read_text())
     models = tmp_path / "checkpoints"
@@ -243,7 +243,7 @@ def test_a_free_text_instruction_is_carried_out_by_a_diffusers_editor(tmp_path):
     from agent.run import Run
     from agent.trajectory import SessionSpec
     from model.backends import DiffusersImageConfig, load_image_model
-    from tests.test_backends import stable_diffusion
+    from tests.tiny_checkpoints import stable_diffusion
 
     model = load_image_model(DiffusersImageConfig(
         path=str(stable_diffusion(tmp_path / "sd", False)), edit_path=str(stable_diffusion(tmp_path / "ip2p", True)),

@@ -99,7 +99,7 @@ def test_the_readme_config_runs_with_tiny_models_in_its_places(tmp_path, served_
     folder, the tiny LLaVA behind transformers serve, and small sizes on the CPU."""
     from agent.cli import app
     from agent.store import RunStore
-    from tests.test_backends import flux_kontext
+    from tests.tiny_checkpoints import flux_kontext
 
     text = (CONFIGS / "kontext-qwen-vllm.yaml").read_text()
     assert readme_config() == text
