@@ -18,7 +18,7 @@ def gen_calls(m: Metrics) -> float:
     return m.calls_per_session.get("generator", 0.0) + m.calls_per_session.get("editor", 0.0)
 
 
-COLUMNS = ("family", "arm", "n", "Acc@0", "Acc@final", "delta", "i->c", "c->i", "mean rounds",
+COLUMNS = ("family", "arm", "n", "Acc@0", "Acc@final", "delta", "i->c", "c->i", "repair", "mean rounds",
            "gen+edit calls", "all calls", "model s/session", "wall s")
 
 
@@ -32,7 +32,7 @@ def rows(report: BenchReport) -> list[list[str]]:
             if m is None:
                 continue
             out.append([family, arm.name, str(m.sessions), fmt(m.acc0), fmt(m.acc_final), fmt(m.delta, signed=True),
-                        fmt(m.i_to_c), fmt(m.c_to_i), f"{m.mean_rounds:.2f}", f"{gen_calls(m):.2f}",
+                        fmt(m.i_to_c), fmt(m.c_to_i), fmt(m.repair), f"{m.mean_rounds:.2f}", f"{gen_calls(m):.2f}",
                         f"{sum(m.calls_per_session.values()):.2f}", f"{m.seconds_per_session:.2f}",
                         f"{arm.wall_seconds:.1f}" if family == "overall" else ""])
     return out

@@ -119,11 +119,11 @@ def print_bench(report) -> None:
 
     arms, best = report.arms, f"best-of-{report.budget}"
     table = narrow_table("family", "n", "1-shot", best, "reflection", "delta", "i->c", "c->i",
-                         title=f"Acc@final on {report.suite}; delta, i->c, c->i of reflection")
+                         "repair", title=f"Acc@final on {report.suite}; delta, i->c, c->i, repair rate of reflection")
     for family, m in arms["reflection"].metrics.items():
         table.add_row(family, str(m.sessions), fmt(arms['one_shot'].metrics[family].acc_final),
                       fmt(arms['best_of_n'].metrics[family].acc_final), fmt(m.acc_final),
-                      fmt(m.delta, signed=True), fmt(m.i_to_c), fmt(m.c_to_i),
+                      fmt(m.delta, signed=True), fmt(m.i_to_c), fmt(m.c_to_i), fmt(m.repair),
                       style="bold" if family == "overall" else None)
     console.print(table)
     cost = narrow_table("arm", "Acc@final", "rounds", "gen+edit", "calls", "model s", "wall s",

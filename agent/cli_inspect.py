@@ -22,6 +22,7 @@ def _table(title: str, columns: dict[str, dict[str, Metrics]]) -> Table:
     fields = [("n", lambda m: str(m.sessions)), ("Acc@0", lambda m: fmt(m.acc0)),
               ("Acc@final", lambda m: fmt(m.acc_final)), ("delta", lambda m: fmt(m.delta, signed=True)),
               ("i->c", lambda m: fmt(m.i_to_c)), ("c->i", lambda m: fmt(m.c_to_i)),
+              ("repair", lambda m: fmt(m.repair)),
               ("rounds", lambda m: f"{m.mean_rounds:.2f}"), ("s/session", lambda m: f"{m.seconds_per_session:.2f}")]
     for label, _ in fields:
         for name in names:

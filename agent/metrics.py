@@ -1,5 +1,6 @@
 """Self-correction metrics of a set of sessions (DESIGN.md): Acc@0, Acc@final, delta,
-delta i->c (wrong then right), delta c->i (right then wrong), accuracy per round, rounds,
+delta i->c (wrong then right), delta c->i (right then wrong), the repair rate (the share of
+wrong first images that end right), accuracy per round, rounds,
 model calls and time per session. Correctness is each round's ground truth (`correct`): the
 task's verifier, or the judge where a task has none. Where no session has it (an open task
 without a judge), the accuracies are None and read "unknown": never counted as wrong."""
@@ -21,6 +22,7 @@ class Metrics(BaseModel):
     delta: float | None
     i_to_c: float | None
     c_to_i: float | None
+    repair: float | None = None  # of the sessions whose first image was wrong, the share that ended right
     acc_by_round: list[float]  # a session that stopped keeps its last image in later rounds; [] when unknown
     mean_rounds: float
     calls_per_session: dict[str, float]
@@ -58,6 +60,7 @@ def metrics(records: list[SessionRecord]) -> Metrics:
         delta=share(sum(last) - sum(first), j),
         i_to_c=share(sum(not a and b for a, b in zip(first, last)), j),
         c_to_i=share(sum(a and not b for a, b in zip(first, last)), j),
+        repair=share(sum(not a and b for a, b in zip(first, last)), first.count(False)),
         acc_by_round=by_round, mean_rounds=sum(len(r.rounds) for r in records) / max(n, 1),
         calls_per_session={k: v / max(n, 1) for k, v in sorted(calls.items())},
         seconds_per_session=seconds / max(n, 1), stop_reasons=dict(reasons.most_common()))

@@ -47,15 +47,36 @@ def atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+STEP_KEYS = ("steps", "decoder_steps")
+
+
 def pin_config(path: Path, cfg: BaseModel) -> None:
     """A work folder belongs to one config: the first run writes it, a resumed run must bring the
-    same one, or two runs would be mixed."""
+    same one, or two runs would be mixed. Step counts alone may grow: training continues from the
+    saved state on the longer schedule, and the pinned config records the new counts."""
     if path.is_file():
-        if type(cfg).model_validate_json(path.read_text()) != cfg:
+        pinned = type(cfg).model_validate_json(path.read_text())
+        if pinned == cfg:
+            return
+        old, new = _split_steps(pinned.model_dump()), _split_steps(cfg.model_dump())
+        if old[0] != new[0] or any(new[1][k] < v for k, v in old[1].items()):
             raise ValueError(f"{path.parent} was started with another config ({path}); use a new --work folder "
-                             "or delete that one")
-        return
+                             "or delete that one (only step counts may grow)")
     atomic_write(path, cfg.model_dump_json(indent=2))
+
+
+def _split_steps(d: dict, at: str = "") -> tuple[dict, dict]:
+    """(the config without its step counts, {'lm.steps': 5000, ...})."""
+    rest, steps = {}, {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            rest[k], inner = _split_steps(v, f"{at}{k}.")
+            steps.update(inner)
+        elif k in STEP_KEYS:
+            steps[f"{at}{k}"] = v
+        else:
+            rest[k] = v
+    return rest, steps
 
 
 def pick_device(name: str | None = None):

@@ -33,6 +33,7 @@ def test_metrics_of_known_sessions(tmp_path):
     records = list(make_run(tmp_path / "run").sessions())
     m = metrics(records)
     assert (m.acc0, m.acc_final, m.delta, m.i_to_c, m.c_to_i) == (0.5, 0.5, 0.0, 0.25, 0.25)
+    assert m.repair == 0.5  # one of the two wrong first images ended right
     assert m.acc_by_round == [0.5, 0.5, 0.5] and m.mean_rounds == 2.0
     assert m.calls_per_session == {"critic": 2.0, "editor": 1.0, "generator": 1.0}  # 8 critic calls, 4 sessions
     assert m.stop_reasons == {"max_rounds": 2, "critic_satisfied": 2}

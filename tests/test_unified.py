@@ -77,6 +77,21 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
         assert torch.equal(a, b), name
 
 
+def test_a_work_folder_keeps_its_config_but_step_counts_may_grow(tmp_path):
+    from model.recipe import pin_config
+
+    path = tmp_path / "config.json"
+    pin_config(path, TINY)
+    longer = TINY.model_copy(update={"lm": TINY.lm.model_copy(update={"steps": TINY.lm.steps * 2})})
+    pin_config(path, longer)  # continue training: the pinned config now says so
+    assert UnifiedConfig.model_validate_json(path.read_text()).lm.steps == TINY.lm.steps * 2
+    with pytest.raises(ValueError, match="only step counts may grow"):
+        pin_config(path, TINY)  # fewer steps than already pinned
+    wider = longer.model_copy(update={"lm": longer.lm.model_copy(update={"hidden_size": 64})})
+    with pytest.raises(ValueError, match="another config"):
+        pin_config(path, wider)
+
+
 def test_decoding_is_constrained_seeded_and_batch_invariant(tiny_unified):
     from model.unified.bundle import UnifiedModel
     from model.unified.vq import encode
