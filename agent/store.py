@@ -220,11 +220,11 @@ class RunStore:
 
     def finish_session(self, session_id: str, stop_reason: str, final_image: str | None = None,
                        last_round: RoundRecord | None = None) -> SessionRecord:
-        """Mark a session done, with `last_round` (the round in flight when it stopped) recorded in
-        the same write; `final_image` defaults to the last round's image. Re-running it overwrites
-        the previous ending. Refreshes sessions.jsonl (see refresh_jsonl)."""
+        """Mark a session done, with `last_round` (the round in flight when it stopped) in the same
+        write; `final_image` defaults to the last round's image. Re-running it overwrites the
+        previous ending. Refreshes sessions.jsonl (see refresh_jsonl)."""
         record = self.get(session_id)
-        rounds = _with_round(record, last_round) if last_round is not None else record.rounds
+        rounds = _with_round(record, last_round)
         if final_image is None and rounds:
             final_image = rounds[-1].image
         if final_image is not None and not self.image_path(final_image).is_file():
@@ -236,13 +236,11 @@ class RunStore:
         return self.get(session_id)
 
     def fail_session(self, session_id: str, error: str, last_round: RoundRecord | None = None) -> SessionRecord:
-        """Mark a session failed with its error (stop_reason "error"), with `last_round` (the round
-        in flight, as far as it got) recorded in the same write. Refreshes sessions.jsonl."""
+        """Mark a session failed with its error (stop_reason "error"), with `last_round` (the round in
+        flight, as far as it got) in the same write. Refreshes sessions.jsonl."""
         record = self.get(session_id)
-        rounds = _with_round(record, last_round) if last_round is not None else record.rounds
-        self._write(record.model_copy(update={
-            "rounds": rounds, "status": "failed", "error": error, "stop_reason": "error",
-            "finished_at": time.time()}))
+        self._write(record.model_copy(update={"rounds": _with_round(record, last_round), "status": "failed",
+                                              "error": error, "stop_reason": "error", "finished_at": time.time()}))
         self.refresh_jsonl()
         return self.get(session_id)
 
@@ -318,10 +316,12 @@ class RunStore:
             os.close(fd)  # releases the lock
 
 
-def _with_round(record: SessionRecord, rnd: RoundRecord) -> list[RoundRecord]:
-    """The session's rounds with `rnd` in place of the round of its index, or appended as the next;
-    StoreError for a gap."""
+def _with_round(record: SessionRecord, rnd: RoundRecord | None) -> list[RoundRecord]:
+    """The session's rounds with `rnd` in place of the round of its index, or appended as the next
+    (StoreError for a gap); as they are when `rnd` is None."""
     rounds = list(record.rounds)
+    if rnd is None:
+        return rounds
     if rnd.index < len(rounds):
         rounds[rnd.index] = rnd
     elif rnd.index == len(rounds):
