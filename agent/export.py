@@ -17,8 +17,13 @@ Images are the stored PNG bytes, so a saved dataset does not depend on the run d
 Rows are built in memory (a few KB per 64x64 image; shard by store for big runs).
 
 The user turn is what the run's critic was asked (agent/export_runs.py: the config's template,
-else the task's words), one image per row: a critic run with `history: K` saw earlier rounds too,
-which a row leaves out. The reward is the verifier's where runs have one, else the judge's
+else the task's words). A run with `history: K` > 0 showed its critic the session's K earlier
+images and its reflections on them first: its SFT and preference rows hold that conversation
+(the earlier images, then the current one, in `images`; user turns as content parts with one
+image placeholder each, earlier reflections as assistant turns), so a model trained on them sees
+what the critic saw. An export with such a run writes every row's messages as content parts;
+one without is as before, plain strings and one image. GRPO rows show the current image alone
+(round 0, their default, has no history). The reward is the verifier's where runs have one, else the judge's
 (open-task runs); `reward_key` names another, and a key a run lacks is refused (UsageError).
 """
 
@@ -33,12 +38,13 @@ from typing import Literal
 
 from datasets import Dataset, Features, Image, List, Value
 
-from agent.export_runs import critic_request, pick_reward_key
+from agent.export_runs import CriticView, assistant_parts, history_of, pick_reward_key
 from agent.store import RunStore, StoreError
 from agent.trajectory import SessionRecord
 
 Stores = RunStore | Iterable[RunStore]
 _MESSAGES = List({"role": Value("string"), "content": Value("string")})
+_PARTS = List({"role": Value("string"), "content": List({"type": Value("string"), "text": Value("string")})})
 _SOURCE = {"task_prompt": Value("string"), "family": Value("string"), "run_id": Value("string")}
 
 
@@ -71,20 +77,29 @@ class _Images:
         return self.cache[key]
 
 
-class _Requests:
-    """The user turn per run: `request` when given, else the words the run's critic was asked in."""
+class _Views:
+    """What each run's critic saw (export_runs.CriticView), with `request` in place of its words when
+    given; content parts for every row when any run showed its critic history."""
 
-    def __init__(self, request: str | None):
-        self.request, self.cache = request, {}
+    def __init__(self, stores: list[RunStore], request: str | None):
+        self.request, self.views = request, {}
+        self.parts = any(history_of(store) for store in stores)
+        self.messages = _PARTS if self.parts else _MESSAGES
 
-    def __call__(self, store: RunStore, prompt: str) -> list[dict]:
-        if store.root not in self.cache:
-            self.cache[store.root] = self.request if self.request is not None else critic_request(store)
-        return [{"role": "user", "content": self.cache[store.root].replace("{prompt}", prompt)}]
+    def view(self, store: RunStore) -> CriticView:
+        if store.root not in self.views:  # read when a row needs it: a run without rows is not asked
+            self.views[store.root] = CriticView(store, self.request)
+        return self.views[store.root]
 
+    def turns(self, store: RunStore, session: SessionRecord, k: int) -> tuple[list[str], list[dict]]:
+        return self.view(store).turns(session, k, self.parts)
 
-def _assistant(text: str) -> list[dict]:
-    return [{"role": "assistant", "content": text}]
+    def user_turn(self, store: RunStore, prompt: str) -> list[dict]:
+        """The one user turn (GRPO): the critic's words beside one image."""
+        return [{"role": "user", "content": self.view(store).ask.replace("{prompt}", prompt)}]
+
+    def assistant(self, text: str) -> list[dict]:
+        return [assistant_parts(text) if self.parts else {"role": "assistant", "content": text}]
 
 
 def _dataset(rows: list[dict], features: Features) -> Dataset:
@@ -109,23 +124,25 @@ def sft_dataset(
     on, e.g. keep critiques whose verdict matches the ground truth. With form="messages",
     set SFTConfig(assistant_only_loss=True) to train on the critique only (the chat template
     must support it); form="prompt_completion" gets completion-only loss by default."""
-    text = {"messages": _MESSAGES} if form == "messages" else {"prompt": _MESSAGES, "completion": _MESSAGES}
+    stores = _stores(stores)
+    views = _Views(stores, request)
+    kind = views.messages
+    text = {"messages": kind} if form == "messages" else {"prompt": kind, "completion": kind}
     features = Features({
         "images": List(Image()), **text, "corrected_image": Image(), "instruction": Value("string"),
         "verdict": Value("string"), "correct": Value("bool"), "reward": Value("float64"),
         "next_reward": Value("float64"), **_SOURCE, "session_id": Value("string"), "round": Value("int64"),
     })
-    stores = _stores(stores)
     reward_key = pick_reward_key(stores, reward_key, needed=False)
-    image, user_turn, rows = _Images(), _Requests(request), []
+    image, rows = _Images(), []
     for store, s in _sessions(stores, include_unfinished):
         for k, r in enumerate(s.rounds):
             nxt = s.rounds[k + 1] if k + 1 < len(s.rounds) else None
             if r.critique is None or r.critique_error is not None or (nxt is None and not include_final):
                 continue
-            user, answer = user_turn(store, s.prompt), _assistant(r.critique)
+            (paths, user), answer = views.turns(store, s, k), views.assistant(r.critique)
             rows.append({
-                "images": [image(store, r.image)],
+                "images": [image(store, p) for p in paths],
                 **({"messages": user + answer} if form == "messages" else {"prompt": user, "completion": answer}),
                 "corrected_image": image(store, nxt.image) if nxt else None,
                 "instruction": r.instruction, "verdict": r.verdict, "correct": r.correct,
@@ -170,28 +187,33 @@ def preference_dataset(
     `chosen_from` / `rejected_from` are "run_id:session_id:round"."""
     stores = _stores(stores)
     reward_key = pick_reward_key(stores, reward_key, needed=True)
-    groups: dict[tuple[str, str], list[tuple[RunStore, SessionRecord, int, float]]] = {}
+    views = _Views(stores, request)
+    groups: dict[tuple, list[tuple[RunStore, SessionRecord, int, float]]] = {}
     for store, s in _sessions(stores, include_unfinished):
         for k, r in enumerate(s.rounds):
             outcome = _outcome(s, k, reward_key) if r.critique is not None else None
-            if outcome is not None:
-                groups.setdefault((s.prompt, r.image), []).append((store, s, k, outcome))
+            if outcome is not None:  # same prompt, same image, and (with history) the same conversation before it
+                paths, user = views.turns(store, s, k)
+                seen = (tuple(paths), repr(user)) if views.parts else ()
+                groups.setdefault((s.prompt, r.image, seen), []).append((store, s, k, outcome))
+    kind = views.messages
     features = Features({
-        "images": List(Image()), "prompt": _MESSAGES, "chosen": _MESSAGES, "rejected": _MESSAGES,
+        "images": List(Image()), "prompt": kind, "chosen": kind, "rejected": kind,
         "chosen_reward": Value("float64"), "rejected_reward": Value("float64"), **_SOURCE,
         "image_file": Value("string"), "chosen_from": Value("string"), "rejected_from": Value("string"),
     })
-    image, user_turn, rows = _Images(), _Requests(request), []
-    for (prompt, rel), members in groups.items():
+    image, rows = _Images(), []
+    for (prompt, rel, _), members in groups.items():
         for i, a in enumerate(members):
             for b in members[i + 1:]:
                 hi, lo = (a, b) if a[3] >= b[3] else (b, a)
                 hi_text, lo_text = hi[1].rounds[hi[2]].critique, lo[1].rounds[lo[2]].critique
                 if hi[3] - lo[3] <= min_margin or hi_text == lo_text:
                     continue
+                paths, user = views.turns(hi[0], hi[1], hi[2])
                 rows.append({
-                    "images": [image(hi[0], rel)], "prompt": user_turn(hi[0], prompt),
-                    "chosen": _assistant(hi_text), "rejected": _assistant(lo_text),
+                    "images": [image(hi[0], p) for p in paths], "prompt": user,
+                    "chosen": views.assistant(hi_text), "rejected": views.assistant(lo_text),
                     "chosen_reward": hi[3], "rejected_reward": lo[3],
                     "task_prompt": prompt, "family": hi[1].family, "run_id": hi[0].manifest.run_id,
                     "image_file": rel,
@@ -215,11 +237,12 @@ def grpo_dataset(
         "images": List(Image()), "prompt": _MESSAGES, **_SOURCE, "seed": Value("int64"),
         "correct": Value("bool"), "session_id": Value("string"), "round": Value("int64"),
     })
-    image, user_turn, rows = _Images(), _Requests(request), []
-    for store, s in _sessions(_stores(stores), include_unfinished):
+    stores = _stores(stores)
+    image, views, rows = _Images(), _Views(stores, request), []
+    for store, s in _sessions(stores, include_unfinished):
         for r in s.rounds[:1] if rounds == "first" else s.rounds:
             rows.append({
-                "images": [image(store, r.image)], "prompt": user_turn(store, s.prompt),
+                "images": [image(store, r.image)], "prompt": views.user_turn(store, s.prompt),
                 "task_prompt": s.prompt, "family": s.family, "run_id": store.manifest.run_id,
                 "seed": s.seed, "correct": r.correct, "session_id": s.id, "round": r.index,
             })

@@ -5,9 +5,11 @@
 With human review, the `review` node asks a person about each critique before its revision with
 LangGraph's `interrupt()`; the runner answers with `Command(resume=...)` (agent/review.py).
 
-State holds paths and small values only; pixels live in the run store. Each node writes its
-round to the store as it happens (a node re-run after a crash overwrites its own round), and
-the critique node decides whether to stop, so that every stop has its reason in the state.
+State holds paths and small values only; pixels are files in the run store from when they are
+made. The round in flight lives in the state (`LoopState.round`, agent/round.py) until it is
+finished: `revise` writes it to the store as it opens the next round, `finish` as the session
+stops (the runner, as far as it got, when the session fails), so the store records finished
+rounds, once each (a node re-run after a crash overwrites its own write). The critique node decides whether to stop, so every stop has its reason in the state.
 
 Search (policies/search.py) widens a round: `generate` or `revise` plans k candidates and fans
 them out with `Send` to `candidate` branches (one super-step, so the model workers batch them),
@@ -25,18 +27,19 @@ import operator
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated
 
 import numpy as np
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Overwrite, Send, interrupt
 from pydantic import BaseModel
 
+from agent.round import Candidate, by_person, critiqued, kept, made
 from agent.store import RunStore
 from agent.trajectory import RoundRecord
 from model.worker import BatchedWorker, Crowd
-from policies.critique import REGENERATE, Critique, CritiqueError, parse_critique
-from policies.search import SearchPolicy, candidate_seed, pick
+from policies.critique import REGENERATE, Critique, parse_critique
+from policies.search import SearchPolicy, candidate_seed
 from policies.stop import StopPolicy
 from rewards.base import as_scored
 from tasks.base import Task
@@ -54,32 +57,21 @@ class CandidateTask(BaseModel):
     source: str | None = None
 
 
-class Candidate(BaseModel):
-    """One image a branch made, with the judge's word on it (a plain dict in the state)."""
-
-    round: int
-    index: int
-    image: str  # relative to the run directory
-    role: Literal["generate", "edit"]
-    seconds: float
-    score: float | None = None  # None without a judge
-    reason: str | None = None
-    judge_seconds: float = 0.0
-
-
 class LoopState(BaseModel):
     session_id: str
     prompt: str
     seed: int
-    revisions: int = 0  # revisions made so far; the current image is round `revisions`
-    image: str | None = None  # current image, relative to the run directory
-    verdict: str | None = None
-    instruction: str | None = None
-    critique_error: str | None = None
+    revisions: int = 0  # revisions made so far; the round in flight is round `revisions`
+    round: dict | None = None  # the round in flight, a RoundRecord as a dict (agent/round.py)
     scores: list[float] = []  # the judge's score of each round, when there is a judge
     stop_reason: str | None = None
     tasks: list[dict] = []  # the round being fanned out, one CandidateTask per branch
     candidates: Annotated[list[dict], operator.add] = []  # what the branches made (fan-in)
+
+    @property
+    def current(self) -> RoundRecord:
+        """The round in flight (its image is the session's current image)."""
+        return RoundRecord.model_validate(self.round)
 
 
 @dataclass
@@ -115,25 +107,20 @@ class Runtime:
 
 def earlier_rounds(rt: Runtime, session_id: str | None, current: int) -> list[tuple[np.ndarray, str]] | None:
     """The `rt.history` rounds before round `current` of a session, oldest first, as (image, the
-    reflection written on it); None when the run shows no history."""
+    reflection written on it), from the store (they are finished); None when the run shows no history."""
     if not rt.history or session_id is None:
         return None
     rounds = rt.store.get(session_id).rounds[max(0, current - rt.history):max(current, 0)]
     return [(rt.store.load_image(r.image), r.critique or "") for r in rounds]
 
 
-def human_critique_update(rt: Runtime, session_id: str, round_index: int, critique: str,
-                          scores: list[float]) -> dict:
-    """Write a person's critique into round `round_index` of the session's record, and return the
-    state update (with the stop policy's decision) that the critique node would have returned."""
+def human_critique_update(rt: Runtime, round_in_flight: dict, critique: str, scores: list[float]) -> dict:
+    """The state update (the round with a person's critique, and the stop policy's decision on it)
+    that the critique node would have returned had the critic written `critique`."""
     parsed = rt.parse_critique(critique)
-    record = rt.store.get(session_id).rounds[round_index]
-    rt.store.upsert_round(session_id, record.model_copy(update={
-        "critique": critique.strip(), "verdict": parsed.verdict, "instruction": parsed.instruction,
-        "critique_error": None, "critique_by": "human"}))
-    stop = rt.policy.decide(round_index, parsed.verdict, scores, None, parsed.instruction)
-    return {"verdict": parsed.verdict, "instruction": parsed.instruction, "critique_error": None,
-            "stop_reason": stop}
+    rnd = by_person(RoundRecord.model_validate(round_in_flight), critique, parsed)
+    stop = rt.policy.decide(rnd.index, parsed.verdict, scores, None, parsed.instruction)
+    return {"round": rnd.model_dump(), "stop_reason": stop}
 
 
 def build_graph(rt: Runtime, checkpointer=None, review: bool = False):
@@ -145,11 +132,11 @@ def build_graph(rt: Runtime, checkpointer=None, review: bool = False):
     def plan(state: LoopState, round_index: int) -> list[CandidateTask]:
         """Round 0 generates from the prompt; a revision edits the current image, or generates
         again when the critic said so. Round r's seed is seed + r, as without search."""
-        edit = round_index > 0 and state.instruction != REGENERATE
+        last = state.current if round_index > 0 else None
+        edit = last is not None and last.instruction != REGENERATE
         return [CandidateTask(round=round_index, index=k, seed=candidate_seed(state.seed + round_index, k),
                               prompt=state.prompt, session_id=state.session_id,
-                              instruction=state.instruction if edit else None,
-                              source=state.image if edit else None)
+                              instruction=last.instruction if edit else None, source=last.image if edit else None)
                 for k in range(rt.search.width(round_index))]
 
     async def make_candidate(task: CandidateTask) -> Candidate:
@@ -162,45 +149,31 @@ def build_graph(rt: Runtime, checkpointer=None, review: bool = False):
             past = await asyncio.to_thread(earlier_rounds, rt, task.session_id, task.round - 1)
             image, role = await rt.editor((source, task.instruction, task.seed, task.prompt, past)), "edit"
         seconds = time.perf_counter() - t0
-        made = Candidate(round=task.round, index=task.index, image=await asyncio.to_thread(rt.store.put_image, image),
-                         role=role, seconds=seconds)
+        result = Candidate(round=task.round, index=task.index, image=await asyncio.to_thread(rt.store.put_image, image),
+                          role=role, seconds=seconds)
         if rt.judge is None:
-            return made
+            return result
         t0 = time.perf_counter()
         scored = as_scored(await rt.judge((task.prompt, image)))
-        return made.model_copy(update={"score": scored.value, "reason": scored.reason,
-                                       "judge_seconds": time.perf_counter() - t0})
+        return result.model_copy(update={"score": scored.value, "reason": scored.reason,
+                                        "judge_seconds": time.perf_counter() - t0})
 
-    def record_round(state: LoopState, candidates: list[Candidate]) -> dict:
-        """Record the round with the judge's pick as its image; every model call is counted."""
-        candidates = sorted(candidates, key=lambda c: c.index)
+    def new_round(state: LoopState, candidates: list[Candidate]) -> dict:
+        """The new round in flight, the judge's pick as its image, its ground truth where known."""
         judged = rt.judge is not None
-        best = candidates[pick([c.score for c in candidates])] if judged else candidates[0]
-        rewards, correct = {}, None
+        best, correct = kept(candidates, judged), None
         if rt.verifier is not None:
             correct = bool(rt.verifier(state.prompt, rt.store.load_image(best.image)))
-            rewards["verifier"] = float(correct)
         elif judged and rt.task is not None:  # no exact verdict: the judge's, where there is a judge
             correct = best.score >= rt.task.judge_threshold
-        timings = {best.role: max(c.seconds for c in candidates)}  # branches run side by side
-        calls = {"generator" if best.role == "generate" else "editor": len(candidates)}
-        if judged:
-            rewards["judge"] = best.score
-            timings["judge"], calls["judge"] = max(c.judge_seconds for c in candidates), len(candidates)
-        wide = len(candidates) > 1
-        rt.store.upsert_round(state.session_id, RoundRecord(
-            index=best.round, image=best.image, rewards=rewards, correct=correct, timings=timings, calls=calls,
-            candidates=[c.image for c in candidates] if wide else [],
-            candidate_scores=[c.score for c in candidates] if wide and judged else [],
-            judge_reason=best.reason or None))
+        rnd = made(candidates, best, judged, correct, verified=rt.verifier is not None)
         scores = [*state.scores, best.score] if judged else state.scores
-        return {"image": best.image, "revisions": best.round, "verdict": None, "instruction": None,
-                "critique_error": None, "scores": scores, "tasks": []}
+        return {"round": rnd.model_dump(), "revisions": best.round, "scores": scores, "tasks": []}
 
     async def keep(state: LoopState, candidates: list[Candidate]) -> dict:
-        # Store writes (each fsync'd) and the verifier's parse, off the event loop: run on it, they
-        # stall every other session, and the model workers' batches go out half full.
-        return await asyncio.to_thread(record_round, state, candidates)
+        # The image read and the verifier's parse, off the event loop: run on it, they stall every
+        # other session, and the model workers' batches go out half full.
+        return await asyncio.to_thread(new_round, state, candidates)
 
     async def open_round(state: LoopState, round_index: int) -> dict:
         tasks = plan(state, round_index)
@@ -212,42 +185,33 @@ def build_graph(rt: Runtime, checkpointer=None, review: bool = False):
         return await open_round(state, 0)
 
     async def candidate(task: dict) -> dict:
-        made = await make_candidate(CandidateTask.model_validate(task))
-        return {"candidates": [made.model_dump()]}
+        result = await make_candidate(CandidateTask.model_validate(task))
+        return {"candidates": [result.model_dump()]}
 
     async def pick_node(state: LoopState) -> dict:
         return await keep(state, [Candidate.model_validate(c) for c in state.candidates])
 
-    def record_critique(state: LoopState, text: str, seconds: float) -> dict:
-        """Parse the reflection (a text that does not parse is recorded), then decide whether to stop."""
-        verdict = instruction = error = None
-        try:
-            parsed = rt.parse_critique(text)
-            verdict, instruction = parsed.verdict, parsed.instruction
-        except CritiqueError as e:
-            error = str(e)
-        record = rt.store.get(state.session_id).rounds[state.revisions]
-        timings, calls = {**record.timings, "critique": seconds}, {**record.calls, "critic": 1}
-        rt.store.upsert_round(state.session_id, record.model_copy(update={
-            "critique": text, "verdict": verdict, "instruction": instruction, "critique_error": error,
-            "timings": timings, "calls": calls}))
-        stop = rt.policy.decide(state.revisions, verdict, state.scores, error, instruction)
-        return {"verdict": verdict, "instruction": instruction, "critique_error": error, "stop_reason": stop}
-
     async def critique(state: LoopState) -> dict:
-        image = await asyncio.to_thread(rt.store.load_image, state.image)
+        """The critic's reflection on the round in flight, then whether to stop."""
+        rnd = state.current
+        image = await asyncio.to_thread(rt.store.load_image, rnd.image)
         past = await asyncio.to_thread(earlier_rounds, rt, state.session_id, state.revisions)
         t0 = time.perf_counter()
         text = await rt.critic((state.prompt, image, past))
-        return await asyncio.to_thread(record_critique, state, text, time.perf_counter() - t0)
+        rnd = critiqued(rnd, text, time.perf_counter() - t0, rt.parse_critique)
+        stop = rt.policy.decide(state.revisions, rnd.verdict, state.scores, rnd.critique_error, rnd.instruction)
+        return {"round": rnd.model_dump(), "stop_reason": stop}
 
     async def revise(state: LoopState) -> dict:
+        """The round in flight is finished: the store records it, and the next round opens."""
+        await asyncio.to_thread(rt.store.upsert_round, state.session_id, state.current)
         return await open_round(state, state.revisions + 1)
 
     def review_request(state: LoopState) -> dict:
+        rnd = state.current
         return {"session_id": state.session_id, "prompt": state.prompt, "round": state.revisions,
-                "image": str(rt.store.image_path(state.image).resolve()), "instruction": state.instruction,
-                "critique": rt.store.get(state.session_id).rounds[state.revisions].critique}
+                "image": str(rt.store.image_path(rnd.image).resolve()), "instruction": rnd.instruction,
+                "critique": rnd.critique}
 
     async def review_node(state: LoopState) -> dict:
         """Pause for a person (interrupt); resumed with {"action": accept|edit|reject, "critique": ...}."""
@@ -255,12 +219,13 @@ def build_graph(rt: Runtime, checkpointer=None, review: bool = False):
         if answer["action"] == "reject":
             return {"stop_reason": "rejected_by_reviewer"}
         if answer["action"] == "edit":
-            return await asyncio.to_thread(human_critique_update, rt, state.session_id, state.revisions,
-                                           answer["critique"], list(state.scores))
+            return human_critique_update(rt, state.round, answer["critique"], list(state.scores))
         return {}
 
     async def finish(state: LoopState) -> dict:
-        await asyncio.to_thread(rt.store.finish_session, state.session_id, state.stop_reason, state.image)
+        """The session stops: the store records its last round and its ending in one write."""
+        rnd = state.current
+        await asyncio.to_thread(rt.store.finish_session, state.session_id, state.stop_reason, rnd.image, rnd)
         return {}
 
     def fan_out(state: LoopState) -> str | list[Send]:

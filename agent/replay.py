@@ -1,7 +1,7 @@
 """Replay: fork a finished session at round K with LangGraph time travel.
 
-The parent's thread history holds a checkpoint after every node. We pick the one where round K's
-image exists, write a new state onto it with `update_state` (the fork's session id, and a
+The parent's thread history holds a checkpoint after every node. We pick the one where round K is
+the round in flight (agent/round.py), write a new state onto it with `update_state` (the fork's session id, and a
 person's critique when one is given), then resume from the new checkpoint. The fork lives in the
 same thread as its parent, as a branch of the checkpoint tree; every checkpoint carries its
 session id, so a fork killed halfway resumes from its own latest checkpoint.
@@ -90,17 +90,17 @@ async def fork_session(rt: Runtime, parent_id: str, round_index: int, critique: 
         if snap is None:
             raise ReplayError(f"no checkpoint of session {parent_id} at round {round_index} in {CHECKPOINTS}")
         new_id = new_id or fork_id(rt, parent_id)
-        kept = [r.model_copy() for r in parent.rounds[: round_index + 1]]
-        kept[-1] = kept[-1].model_copy(update={"critique": None, "verdict": None, "instruction": None,
-                                               "critique_error": None})
+        # the rounds before K are finished: the fork's record starts with them; round K is in flight
+        # in the checkpoint (as made, or as critiqued) and the fork's store records it when finished
         rt.store.start_session(SessionRecord(
-            id=new_id, prompt=parent.prompt, family=parent.family, seed=parent.seed, rounds=kept,
-            parent_id=parent_id, fork_round=round_index))
+            id=new_id, prompt=parent.prompt, family=parent.family, seed=parent.seed,
+            rounds=[r.model_copy() for r in parent.rounds[:round_index]], parent_id=parent_id,
+            fork_round=round_index))
         if critique is None:  # resume into the critique of round K, as the node that made the image
             update, as_node = {"session_id": new_id}, None
         else:  # resume after the critique, as if the critic had written the person's words
             scores = list(snap.values.get("scores", []))
-            update = {"session_id": new_id, **human_critique_update(rt, new_id, round_index, critique, scores)}
+            update = {"session_id": new_id, **human_critique_update(rt, snap.values["round"], critique, scores)}
             as_node = "critique"
         config = await graph.aupdate_state(snap.config, update, as_node=as_node)
         await graph.ainvoke(None, {**config, "recursion_limit": rt.recursion_limit}, durability="sync")

@@ -1,8 +1,9 @@
 """Human review: a person accepts, edits or rejects each critique before the revision it asks for.
 
 The graph's `review` node pauses with LangGraph's `interrupt(request)`; the runner asks a
-`Reviewer` and resumes the session with `Command(resume=decision)`, and the node applies it (an
-edited critique is written as if the critic had said it; agent.graph.human_critique_update).
+`Reviewer` and resumes the session with `Command(resume=decision)`, and the node applies it to the
+round in flight (an edited critique stands as if the critic had said it;
+agent.graph.human_critique_update). The store records the round once it is finished, after review.
 Replay uses the same update for a critique a person writes after the fact.
 """
 

@@ -7,8 +7,9 @@
     run.close()                                  # the lock released
 
 From `refloop run` to sessions.jsonl: agent/cli_run.py -> agent/run.py -> agent/runner.py
-(sessions, checkpointer, workers) -> agent/graph.py (the loop) -> agent/store.py (records) and
-agent/trajectory.py (their schema). Bad input raises agent.errors.UsageError before anything is
+(sessions, checkpointer, workers) -> agent/graph.py (the loop) and agent/round.py (the round in
+flight) -> agent/store.py (finished rounds) and agent/trajectory.py (their schema); README.md,
+"How a session runs". Bad input raises agent.errors.UsageError before anything is
 written; another writer raises RunBusy (agent/lock.py).
 """
 

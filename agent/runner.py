@@ -17,7 +17,7 @@ from langgraph.types import Command
 from agent.config import RunConfig
 from agent.graph import LoopState, Runtime, build_graph
 from agent.review import Reviewer, ask
-from agent.trajectory import SessionRecord, SessionSpec
+from agent.trajectory import RoundRecord, SessionRecord, SessionSpec
 from model.backends import load_critic, load_image_model, load_judge
 from model.roles import Critic, Editor, Generator, Judge
 from model.worker import BatchedWorker, Crowd
@@ -74,7 +74,9 @@ async def run_sessions(rt: Runtime, specs: list[SessionSpec], concurrency: int =
                     step = Command(resume=await ask(reviewer, pending[0]))
             record = rt.store.get(spec.id)
         except Exception as e:  # noqa: BLE001 - one session's failure must not sink the others
-            record = rt.store.fail_session(spec.id, f"{type(e).__name__}: {e}")
+            in_flight = (await graph.aget_state(config)).values.get("round")  # as far as it got
+            record = rt.store.fail_session(spec.id, f"{type(e).__name__}: {e}",
+                                           RoundRecord.model_validate(in_flight) if in_flight else None)
         if on_done:
             on_done(record)
         return record

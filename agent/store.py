@@ -214,37 +214,33 @@ class RunStore:
         record = self.get(session_id)
         if record.status == "done":
             raise StoreError(f"session {session_id} is done; its rounds are final")
-        rounds = list(record.rounds)
-        if rnd.index < len(rounds):
-            rounds[rnd.index] = rnd
-        elif rnd.index == len(rounds):
-            rounds.append(rnd)
-        else:
-            raise StoreError(f"session {session_id} has rounds 0..{len(rounds) - 1}; "
-                             f"round {rnd.index} would leave a gap")
-        record = record.model_copy(update={"rounds": rounds, "status": "running", "error": None})
+        record = record.model_copy(update={"rounds": _with_round(record, rnd), "status": "running", "error": None})
         self._write(record)
         return record
 
-    def finish_session(self, session_id: str, stop_reason: str, final_image: str | None = None) -> SessionRecord:
-        """Mark a session done; `final_image` defaults to the last round's image. Re-running it
-        overwrites the previous ending. Refreshes sessions.jsonl (see refresh_jsonl)."""
+    def finish_session(self, session_id: str, stop_reason: str, final_image: str | None = None,
+                       last_round: RoundRecord | None = None) -> SessionRecord:
+        """Mark a session done, with `last_round` (the round in flight when it stopped) in the same
+        write; `final_image` defaults to the last round's image. Re-running it overwrites the
+        previous ending. Refreshes sessions.jsonl (see refresh_jsonl)."""
         record = self.get(session_id)
-        if final_image is None and record.rounds:
-            final_image = record.rounds[-1].image
+        rounds = _with_round(record, last_round)
+        if final_image is None and rounds:
+            final_image = rounds[-1].image
         if final_image is not None and not self.image_path(final_image).is_file():
             raise StoreError(f"final image {final_image!r} of session {session_id} is not in the run")
         self._write(record.model_copy(update={
-            "status": "done", "stop_reason": stop_reason, "final_image": final_image, "error": None,
-            "finished_at": time.time()}))
+            "rounds": rounds, "status": "done", "stop_reason": stop_reason, "final_image": final_image,
+            "error": None, "finished_at": time.time()}))
         self.refresh_jsonl()
         return self.get(session_id)
 
-    def fail_session(self, session_id: str, error: str) -> SessionRecord:
-        """Mark a session failed with its error (stop_reason "error"). Refreshes sessions.jsonl."""
+    def fail_session(self, session_id: str, error: str, last_round: RoundRecord | None = None) -> SessionRecord:
+        """Mark a session failed with its error (stop_reason "error"), with `last_round` (the round in
+        flight, as far as it got) in the same write. Refreshes sessions.jsonl."""
         record = self.get(session_id)
-        self._write(record.model_copy(update={
-            "status": "failed", "error": error, "stop_reason": "error", "finished_at": time.time()}))
+        self._write(record.model_copy(update={"rounds": _with_round(record, last_round), "status": "failed",
+                                              "error": error, "stop_reason": "error", "finished_at": time.time()}))
         self.refresh_jsonl()
         return self.get(session_id)
 
@@ -320,3 +316,17 @@ class RunStore:
             os.close(fd)  # releases the lock
 
 
+def _with_round(record: SessionRecord, rnd: RoundRecord | None) -> list[RoundRecord]:
+    """The session's rounds with `rnd` in place of the round of its index, or appended as the next
+    (StoreError for a gap); as they are when `rnd` is None."""
+    rounds = list(record.rounds)
+    if rnd is None:
+        return rounds
+    if rnd.index < len(rounds):
+        rounds[rnd.index] = rnd
+    elif rnd.index == len(rounds):
+        rounds.append(rnd)
+    else:
+        raise StoreError(f"session {record.id} has rounds 0..{len(rounds) - 1}; "
+                         f"round {rnd.index} would leave a gap")
+    return rounds

@@ -111,8 +111,11 @@ def test_a_killed_fork_resumes(finished_run, image_model):
 
     with pytest.raises(RuntimeError, match="killed"):  # the critic dies on the fork's round 2
         asyncio.run(_fork_with(finished_run, image_model, Dies([])))
-    half = finished_run.get("s.fork1")
-    assert half.status == "running" and len(half.rounds) == 3 and half.rounds[2].critique is None
+    half = finished_run.get("s.fork1")  # rounds 0 and 1 finished; round 2 made, in flight in the checkpoint
+    assert half.status == "running" and len(half.rounds) == 2 and half.rounds[1].instruction == "remove a circle"
+    flight = asyncio.run(_state(finished_run, image_model, "s"))
+    assert flight["session_id"] == "s.fork1" and flight["revisions"] == 2
+    assert flight["round"]["index"] == 2 and flight["round"]["critique"] is None
 
     async def finish():
         rt = runtime(finished_run, image_model, ScriptedCritic([RIGHT]))
@@ -123,6 +126,19 @@ def test_a_killed_fork_resumes(finished_run, image_model):
                 await w.close()
     done = asyncio.run(finish())
     assert done.status == "done" and len(done.rounds) == 3 and done.rounds[2].critique == RIGHT
+
+
+async def _state(store, image_model, thread):
+    """The newest checkpointed state of a thread."""
+    from agent.graph import build_graph
+    from agent.runner import CHECKPOINTS, open_checkpointer
+
+    saver = await open_checkpointer(store.root / CHECKPOINTS)
+    try:
+        graph = build_graph(runtime(store, image_model, ScriptedCritic([])), saver)
+        return (await graph.aget_state({"configurable": {"thread_id": thread}})).values
+    finally:
+        await saver.conn.close()
 
 
 async def _fork_with(store, image_model, critic):

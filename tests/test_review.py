@@ -141,3 +141,59 @@ def test_a_session_paused_for_review_resumes_at_its_question(tmp_path, tiny_imag
     (square,) = asyncio.run(run_sessions(rt, specs[1:], concurrency=1))  # no reviewer now: accepted
     assert square.stop_reason == "critic_satisfied" and square.rounds[0].critique_by == "model"
     assert not any(critic.script.values())
+
+
+def test_the_round_in_review_is_in_the_checkpoint_and_not_yet_in_the_store(tmp_path, tiny_image_model):
+    """The round in flight lives in the graph state: paused at review, round 0 (image and critique)
+    is in the checkpointed state and not in the store; after the answer, the store records it once,
+    in the write that opens round 1, and round 1 in the write that ends the session."""
+    from agent.graph import build_graph
+    from agent.runner import CHECKPOINTS, open_checkpointer
+
+    critic = ScriptedCritic({"a circle": [ADD, RIGHT]})
+    store = RunStore.create(tmp_path / "run", RunManifest(run_id="t", created_at=time.time(), seed=0,
+                                                          refloop_version="test"))
+    spec = SessionSpec(id="s0", prompt="a circle", seed=0)
+    writes: list[tuple[str, int, str | None]] = []  # (status, rounds, round 0's critique) of every session write
+    write = store._write
+    store._write = lambda r: (writes.append((r.status, len(r.rounds), r.rounds[0].critique if r.rounds else None)),
+                              write(r))[1]
+
+    async def paused():
+        asked = asyncio.Event()
+
+        async def slow(request: ReviewRequest) -> ReviewDecision:
+            asked.set()
+            await asyncio.sleep(3600)
+
+        rt = make_runtime(store, tiny_image_model, tiny_image_model, critic, StopPolicy(max_rounds=3))
+        run = asyncio.ensure_future(run_sessions(rt, [spec], reviewer=slow))
+        await asked.wait()
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        saver = await open_checkpointer(store.root / CHECKPOINTS)
+        try:
+            return await build_graph(rt, saver, review=True).aget_state({"configurable": {"thread_id": "s0"}})
+        finally:
+            await saver.conn.close()
+
+    snapshot = asyncio.run(paused())
+    assert snapshot.next == ("review",)
+    flight = snapshot.values["round"]
+    assert (flight["index"], flight["critique"], flight["instruction"]) == (0, ADD, "add a circle")
+    assert store.image_path(flight["image"]).is_file()  # pixels are written when made
+    assert store.get("s0").rounds == [] and writes == [("running", 0, None)]  # only the session's start
+
+    async def edit(request: ReviewRequest) -> ReviewDecision:
+        return ReviewDecision(action="edit", critique=edited_critique(request.critique, "add a red circle"))
+
+    rt = make_runtime(store, tiny_image_model, tiny_image_model, critic, StopPolicy(max_rounds=3))
+    (record,) = asyncio.run(run_sessions(rt, [spec], reviewer=edit))
+    edited = edited_critique(ADD, "add a red circle")
+    assert writes[1:] == [("running", 1, edited), ("done", 2, edited)]  # each round written once, when finished
+    assert [r.index for r in record.rounds] == [0, 1] and record.rounds[0].image == flight["image"]
+    assert (record.rounds[0].critique_by, record.rounds[0].instruction) == ("human", "add a red circle")
+    assert (record.stop_reason, record.rounds[1].critique, record.final_image) == (
+        "critic_satisfied", RIGHT, record.rounds[1].image)
+    assert store.get("s0") == record and not any(critic.script.values())
