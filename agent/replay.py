@@ -89,6 +89,9 @@ async def fork_session(rt: Runtime, parent_id: str, round_index: int, critique: 
         snap = _checkpoint(history, parent_id, round_index, after_critique=critique is not None)
         if snap is None:
             raise ReplayError(f"no checkpoint of session {parent_id} at round {round_index} in {CHECKPOINTS}")
+        if snap.values.get("round") is None:  # checkpoints written before the round lived in the state
+            raise ReplayError(f"session {parent_id} was run by an older refloop whose checkpoints do not hold the "
+                              "round in flight; rerun its prompt with this version to fork it")
         new_id = new_id or fork_id(rt, parent_id)
         # the rounds before K are finished: the fork's record starts with them; round K is in flight
         # in the checkpoint (as made, or as critiqued) and the fork's store records it when finished
