@@ -104,6 +104,31 @@ def test_bad_forks_write_nothing(finished_run, image_model, kw, message):
     assert finished_run.session_ids() == before
 
 
+def test_a_checkpoint_without_the_round_in_state_is_refused_in_one_line(finished_run, image_model):
+    """Runs written before the round in flight lived in the state cannot be forked: say so, write nothing."""
+    from agent.graph import build_graph
+    from agent.runner import CHECKPOINTS, open_checkpointer
+
+    async def drop_round():  # the checkpoint round 0's critique starts from, as an older refloop wrote it
+        rt = runtime(finished_run, image_model, ScriptedCritic([]))
+        saver = await open_checkpointer(finished_run.root / CHECKPOINTS)
+        try:
+            graph = build_graph(rt, saver)
+            history = [h async for h in graph.aget_state_history({"configurable": {"thread_id": "s"}})]
+            snap = next(h for h in history if h.values.get("revisions") == 0 and h.next == ("critique",))
+            await graph.aupdate_state(snap.config, {"round": None}, as_node="generate")
+        finally:
+            await saver.conn.close()
+            for w in (rt.generator, rt.editor, rt.critic):
+                await w.close()
+
+    asyncio.run(drop_round())
+    before = finished_run.session_ids()
+    with pytest.raises(ReplayError, match="older refloop"):
+        fork(finished_run, image_model, [], parent_id="s", round_index=0)
+    assert finished_run.session_ids() == before
+
+
 def test_a_killed_fork_resumes(finished_run, image_model):
     class Dies(ScriptedCritic):
         def critique(self, prompts, images):
