@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiosqlite
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.types import Command
 
@@ -35,7 +36,8 @@ async def open_checkpointer(path: Path) -> AsyncSqliteSaver:
     conn = await aiosqlite.connect(path)
     await conn.execute("PRAGMA journal_mode=WAL")
     await conn.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable at each commit, minus fsync storms
-    saver = AsyncSqliteSaver(conn)
+    # the one type of ours in checkpoints, registered: LangGraph will refuse unregistered ones
+    saver = AsyncSqliteSaver(conn, serde=JsonPlusSerializer(allowed_msgpack_modules=[LoopState]))
     await saver.setup()
     return saver
 

@@ -86,6 +86,17 @@ def test_fork_without_critique_asks_the_critic_again(finished_run, image_model):
     assert (third.parent_id, third.fork_round, len(third.rounds)) == ("s.fork2", 1, 2)
 
 
+def test_forks_read_checkpoints_with_our_state_type_registered(finished_run, image_model, caplog, monkeypatch):
+    """LangGraph warns about (and will block) unregistered types in checkpoints: LoopState is registered."""
+    import langgraph.checkpoint.serde._msgpack as lg_msgpack
+
+    monkeypatch.setattr(lg_msgpack, "STRICT_MSGPACK_ENABLED", True)  # as LangGraph's strict mode
+    with caplog.at_level("WARNING"):
+        fork_rec = fork(finished_run, image_model, [RIGHT], parent_id="s", round_index=1, critique=REMOVE)
+    assert fork_rec.status == "done" and len(fork_rec.rounds) == 3
+    assert not [r for r in caplog.records if "unregistered" in r.getMessage() or "reconstruct" in r.getMessage()]
+
+
 def test_a_right_verdict_from_a_person_ends_the_fork(finished_run, image_model):
     fork_rec = fork(finished_run, image_model, [], parent_id="s", round_index=0, critique=RIGHT)
     assert (len(fork_rec.rounds), fork_rec.stop_reason) == (1, "critic_satisfied")

@@ -135,6 +135,40 @@ def test_interleaved_spans_copy_the_source_codes(tiny_unified):
     assert (span[:, 128] == m.layout.eoi).all()
 
 
+def test_a_revision_asked_to_regenerate_is_a_fresh_drawing_of_the_prompt(tiny_unified):
+    from model.unified.bundle import UnifiedModel
+
+    m = UnifiedModel.load(tiny_unified)
+    prompts, seeds = ["a red circle", "two squares"], [4, 5]
+    source = m.draw(["a blue triangle"] * 2, [7, 8])
+    revised = m.revise(prompts, source, ["regenerate", "remove the blue triangle"], seeds)
+    assert np.array_equal(revised[0], m.draw(prompts[:1], seeds[:1])[0])  # the same rows as a draw
+    alone = m.revise(prompts[1:], source[1:], ["remove the blue triangle"], seeds[1:])[0]
+    assert np.array_equal(revised[1], alone)  # an edit row is untouched by the redraw beside it
+
+
+def test_a_late_mix_changes_the_tasks_from_its_step_on():
+    from model.unified.sequences import Layout
+    from model.unified.train_lm import synthetic_batch
+    from model.unified.vocab import build_tokenizer, corpus
+    from model.unified.vq import build_vq
+
+    tok = build_tokenizer(32, corpus(20))
+    layout, vq = Layout(tok), build_vq(TINY.vq).eval()
+    lm = TINY.lm.model_copy(update={"late_mix": {"edit": 1.0}, "late_mix_from": 6})
+
+    def tasks(steps):
+        firsts = set()
+        for k in steps:
+            b = synthetic_batch(0, k, lm, vq, layout)
+            firsts |= {int(row[mask.bool()][0]) for row, mask in zip(b["input_ids"], b["attention_mask"])}
+        return firsts
+
+    assert len(tasks(range(6))) > 1 and tasks(range(6, 9)) == {layout.task["edit"]}
+    with pytest.raises(ValueError, match="late_mix"):
+        LMConfig(late_mix={"paint": 1.0})
+
+
 def test_reflections_detokenize_to_the_critique_format():
     from model.unified.vocab import detokenize
     from tasks.shapeworld import parse_critique

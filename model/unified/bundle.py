@@ -16,6 +16,7 @@ import torch
 from model.unified.sampling import sample_image_codes, write_reflections
 from model.unified.sequences import Layout
 from model.unified.vq import decode, encode
+from policies.critique import REGENERATE
 
 DEFAULT_MODEL = Path(__file__).parent / "weights"
 
@@ -109,8 +110,20 @@ class UnifiedModel:
 
     def revise(self, prompts: list[str], images: list[np.ndarray], instructions: list[str],
                seeds: list[int]) -> list[np.ndarray]:
-        prefixes = [self.layout.revise_prefix(p, i) for p, i in zip(prompts, instructions)]
-        return self._transform(prefixes, images, seeds)
+        """A reflection that asks to `regenerate` gets a fresh drawing of the prompt (as the loop does):
+        a revision conditioned on the image it rejects copies too much of it (measured: 2 of 51 right
+        against 20 of 114 fresh drawings of the same prompts, dev)."""
+        out: list[np.ndarray | None] = [None] * len(prompts)
+        redraw = [k for k, i in enumerate(instructions) if i == REGENERATE]
+        change = [k for k in range(len(prompts)) if instructions[k] != REGENERATE]
+        if redraw:
+            for k, img in zip(redraw, self.draw([prompts[k] for k in redraw], [seeds[k] for k in redraw])):
+                out[k] = img
+        if change:
+            prefixes = [self.layout.revise_prefix(prompts[k], instructions[k]) for k in change]
+            for k, img in zip(change, self._transform(prefixes, [images[k] for k in change], [seeds[k] for k in change])):
+                out[k] = img
+        return out
 
     def edit(self, images: list[np.ndarray], instructions: list[str], seeds: list[int]) -> list[np.ndarray]:
         return self._transform([self.layout.edit_prefix(i) for i in instructions], images, seeds)

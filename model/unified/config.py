@@ -33,6 +33,9 @@ class VQConfig(Strict):
     decoder_lr: float = Field(5e-4, gt=0)
 
 
+Task = Literal["draw", "reflect", "revise", "edit"]
+
+
 class LMConfig(Strict):
     hidden_size: int = Field(160, ge=16)
     num_layers: int = Field(4, ge=1)
@@ -52,7 +55,10 @@ class LMConfig(Strict):
     copy_margin: int | None = Field(8, ge=0)  # None: the target's own codes everywhere
     copy_from_step: int = Field(0, ge=0)
     # share of each task in the stream (normalised)
-    mix: dict[str, float] = {"draw": 0.45, "reflect": 0.25, "revise": 0.2, "edit": 0.1}
+    mix: dict[Task, float] = {"draw": 0.45, "reflect": 0.25, "revise": 0.2, "edit": 0.1}
+    # a second mix from step `late_mix_from` on (a continued run can shift toward revisions and edits)
+    late_mix: dict[Task, float] | None = None
+    late_mix_from: int = Field(0, ge=0)
 
 
 class SelfPlayConfig(Strict):

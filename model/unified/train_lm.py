@@ -70,7 +70,8 @@ def task_of_batch(seed: int, step: int, mix: dict[str, float]) -> str:
 
 def synthetic_batch(seed: int, step: int, cfg: LMConfig, vq, layout: Layout) -> dict[str, torch.Tensor]:
     rng = np.random.default_rng([seed, 3, step])
-    task = task_of_batch(seed, step, cfg.mix)
+    late = cfg.late_mix is not None and step >= cfg.late_mix_from
+    task = task_of_batch(seed, step, cfg.late_mix if late else cfg.mix)
     margin = cfg.copy_margin if step >= cfg.copy_from_step else None
     return encode_examples(vq, layout, make_examples(task, rng, cfg.batch_size), cfg.prompt_dropout, rng, margin)
 
