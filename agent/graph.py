@@ -9,7 +9,8 @@ State holds paths and small values only; pixels are files in the run store from 
 made. The round in flight lives in the state (`LoopState.round`, agent/round.py) until it is
 finished: `revise` writes it to the store as it opens the next round, `finish` as the session
 stops (the runner, as far as it got, when the session fails), so the store records finished
-rounds, once each (a node re-run after a crash overwrites its own write). The critique node decides whether to stop, so every stop has its reason in the state.
+rounds, once each (a node re-run after a crash overwrites its own write). The critique node
+decides whether to stop, so every stop has its reason in the state.
 
 Search (policies/search.py) widens a round: `generate` or `revise` plans k candidates and fans
 them out with `Send` to `candidate` branches (one super-step, so the model workers batch them),

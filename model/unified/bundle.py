@@ -121,7 +121,8 @@ class UnifiedModel:
                 out[k] = img
         if change:
             prefixes = [self.layout.revise_prefix(prompts[k], instructions[k]) for k in change]
-            for k, img in zip(change, self._transform(prefixes, [images[k] for k in change], [seeds[k] for k in change])):
+            made = self._transform(prefixes, [images[k] for k in change], [seeds[k] for k in change])
+            for k, img in zip(change, made):
                 out[k] = img
         return out
 
