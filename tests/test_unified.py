@@ -209,6 +209,26 @@ def test_world_commands_draw_edit_and_reflect_with_a_model_folder(tiny_models, t
     assert result.exit_code == 0, result.output
 
 
+def test_the_report_card_counts_every_own_wrong_image_once(tiny_models, tmp_path):
+    from typer.testing import CliRunner
+
+    from agent.cli import app
+    from model.unified.bundle import DEFAULT_MODEL
+
+    shipped = {p: p.read_bytes() for p in DEFAULT_MODEL.glob("eval_*.json")}
+    out = tmp_path / "card.json"
+    result = CliRunner().invoke(app, ["world", "eval", "unified", "--model", str(tiny_models / "unified"),
+                                      "--per-family", "2", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    card = json.loads(out.read_text())
+    n = 2 * len(card["one_shot"]) - 2 * 2  # families (overall and held_out are not families)
+    rev = card["revision"]
+    assert rev["n_wrong"] == round((1 - card["one_shot"]["overall"]) * n)
+    assert 0 <= rev["n_ideal_edits"] <= rev["n_wrong"]
+    assert 0 <= rev["fresh_drawing_right"] <= 1 and 0 <= card["edits_rendered"]["overall"] <= 1
+    assert {p: p.read_bytes() for p in DEFAULT_MODEL.glob("eval_*.json")} == shipped  # another folder's card
+
+
 @pytest.mark.parametrize("args,message", [
     (["world", "generate", "a hexagon", "--out", "x.png"], "hexagon"),
     (["world", "edit", "missing.png", "paint it blue", "--out", "y.png"], "paint"),

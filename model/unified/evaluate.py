@@ -11,10 +11,11 @@ import torch
 from pydantic import BaseModel
 
 from model.unified.bundle import UnifiedModel
+from model.unified.tasks import reading_order
 from model.unified.train_lm import kept_patches
 from model.unified.vq import decode, encode
-from policies.critique import CritiqueError
-from tasks.shapeworld import parse_critique
+from policies.critique import REGENERATE, CritiqueError
+from tasks.shapeworld import label_critique, parse_critique
 from world import check_image, make_edit_pair, parse_image, render, scene_for_prompt
 from world.edits import EditError, check_edit
 from world.suites import SuiteItem
@@ -54,6 +55,8 @@ class Report(BaseModel):
     revision_right: Rate = Rate()  # own wrong images, own reflection, one revision (with the prompt)
     revision_right_asked: Rate = Rate()  # ... among those whose reflection asked for a change
     edit_right_asked: Rate = Rate()  # the same images, the instruction-only edit task
+    revision_ideal: Rate = Rate()  # own wrong images, the verifier's fixing edit (not regenerate), one revision
+    redraw_right: Rate = Rate()  # own wrong images' prompts drawn afresh (another seed): what a revision must beat
     edits_rendered: Table = Table()  # by action
     code_stability: float = 0.0  # patches unchanged by an edit (4 px around included) that keep their code
     white_codes: int = 0  # distinct codes of all-white patches over the split's rendered scenes
@@ -110,6 +113,8 @@ def evaluate(model: UnifiedModel, items: list[SuiteItem], split: str, batch: int
             rep.reflection_parsed.add(False)
             rep.verdict_accuracy.add(kind, False)
             (rep.false_wrong if v.ok else rep.false_right).add(False)
+            if not v.ok:
+                todo.append((it, img, None))  # no edit asked: not revised, a failed revision
             continue
         rep.reflection_parsed.add(True)
         rep.verdict_accuracy.add(kind, (c.verdict == "right") == v.ok)
@@ -131,11 +136,33 @@ def evaluate(model: UnifiedModel, items: list[SuiteItem], split: str, batch: int
             ok = check_image(it.prompt, r).ok
             rep.revision_right.add(ok), rep.revision_right_asked.add(ok)
             rep.edit_right_asked.add(check_image(it.prompt, e).ok)
-    log(f"revisions right {rep.revision_right.value:.3f} (asked {rep.revision_right_asked.value:.3f})")
+    revision_baselines(model, todo, rep, batch)
+    log(f"revisions right {rep.revision_right.value:.3f} (asked {rep.revision_right_asked.value:.3f}; "
+        f"with the ideal edit {rep.revision_ideal.value:.3f}; fresh drawings {rep.redraw_right.value:.3f})")
     evaluate_edits(model, items, scenes, rep, batch)
     rep.batching_ceiling = batching_ceiling(model, items[:batch])
     rep.seconds = time.time() - t0
     return rep
+
+
+def revision_baselines(model: UnifiedModel, todo: list, rep: Report, batch: int) -> None:
+    """Execution apart from critique: own wrong images revised with the verifier's fixing edit, and
+    the same prompts drawn afresh."""
+    ideal = []
+    for it, img, _ in todo:
+        parsed = parse_image(img)
+        instruction = label_critique(it.prompt, reading_order(parsed.objects), parsed.blobs).instruction
+        if instruction not in (None, REGENERATE):
+            ideal.append((it, img, instruction))
+    for part in chunks(ideal, batch):
+        out = model.revise([it.prompt for it, _, _ in part], [img for _, img, _ in part],
+                           [ins for _, _, ins in part], [it.seed + 1 for it, _, _ in part])
+        for (it, _, _), r in zip(part, out):
+            rep.revision_ideal.add(check_image(it.prompt, r).ok)
+    for part in chunks(todo, batch):
+        out = model.draw([it.prompt for it, _, _ in part], [it.seed + 1 for it, _, _ in part])
+        for (it, _, _), r in zip(part, out):
+            rep.redraw_right.add(check_image(it.prompt, r).ok)
 
 
 def evaluate_edits(model: UnifiedModel, items: list[SuiteItem], scenes: list, rep: Report, batch: int) -> None:
@@ -190,6 +217,8 @@ def summary(rep: Report) -> dict:
     out["revision"] = {"right_of_wrong": round(rep.revision_right.value, 3),
                        "right_when_asked": round(rep.revision_right_asked.value, 3),
                        "edit_task_when_asked": round(rep.edit_right_asked.value, 3),
+                       "with_the_ideal_edit": round(rep.revision_ideal.value, 3), "n_ideal_edits": rep.revision_ideal.n,
+                       "fresh_drawing_right": round(rep.redraw_right.value, 3),
                        "n_wrong": rep.revision_right.n}
     out["edits_rendered"] = {"overall": round(rep.edits_rendered.overall.value, 3),
                              **by_family_rows(rep.edits_rendered)}
