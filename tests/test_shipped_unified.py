@@ -60,7 +60,7 @@ def test_shipped_model_reflects_on_right_and_wrong_scenes(shipped):
 def test_shipped_model_edits_keep_what_is_not_named(shipped):
     from model.unified.tasks import make_examples
     from world import parse_image
-    from world.edits import check_edit
+    from world.edit_check import check_edit
 
     examples = make_examples("edit", np.random.default_rng(3), 21)
     out = shipped.edit([render_one(e.source) for e in examples], [e.text for e in examples], list(range(21)))

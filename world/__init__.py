@@ -4,7 +4,8 @@ Pure numpy; imports nothing else of refloop. Renderer and parser are for data, r
 evaluation only: no model's inference path may call them.
 """
 
-from world.edits import Edit, EditError, EditPair, apply_edit, check_edit, make_edit_pair, parse_edit
+from world.edit_check import check_edit
+from world.edits import Edit, EditError, EditPair, apply_edit, make_edit_pair, parse_edit
 from world.grammar import Group, Prompt, PromptError, parse_prompt
 from world.parse import ParsedImage, ParsedObject, parse_image
 from world.render import render, render_one

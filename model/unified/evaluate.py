@@ -17,7 +17,8 @@ from model.unified.vq import decode, encode
 from policies.critique import REGENERATE, CritiqueError
 from tasks.shapeworld import label_critique, parse_critique
 from world import check_image, make_edit_pair, parse_image, render, scene_for_prompt
-from world.edits import EditError, check_edit
+from world.edit_check import check_edit
+from world.edits import EditError
 from world.suites import SuiteItem
 
 

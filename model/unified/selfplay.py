@@ -14,7 +14,8 @@ from model.unified.vq import decode, encode
 from policies.critique import REGENERATE
 from tasks.shapeworld import label_critique
 from world import apply_edit, check_scene, parse_image, render
-from world.edits import EditError, scene_from_parsed
+from world.edit_check import scene_from_parsed
+from world.edits import EditError
 from world.synth import PlacementError
 
 
