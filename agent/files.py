@@ -1,4 +1,4 @@
-"""Small file helpers of the run store: atomic writes, pydantic's first complaint in a line."""
+"""Small file helpers of the run store: its error, atomic writes, pydantic's first complaint in a line."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ import secrets
 from pathlib import Path
 
 from pydantic import ValidationError
+
+
+class StoreError(Exception):
+    """A run directory that cannot be created, opened, read or written as asked."""
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -20,31 +20,25 @@ the run, and its write methods refuse.
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import io
 import os
 import secrets
 import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from pydantic import ValidationError
 
-from agent.files import atomic_write, first_problem
+from agent.files import StoreError, atomic_write, first_problem
+from agent.images import check_image_array, image_path, load_png, put_png
 from agent.lock import RunBusy, WriterLock
 from agent.trajectory import RoundRecord, RunManifest, SessionRecord, is_safe_id
 
 MANIFEST = "manifest.json"
 JSONL = "sessions.jsonl"
 JSONL_EVERY = 2.0  # seconds between refreshes of sessions.jsonl as sessions end: each reads every session
-
-
-class StoreError(Exception):
-    """A run directory that cannot be created, opened, read or written as asked."""
 
 
 __all__ = ["RunBusy", "RunStore", "StoreError", "atomic_write"]
@@ -149,48 +143,19 @@ class RunStore:
                 for tmp in folder.rglob(".*.tmp"):
                     tmp.unlink(missing_ok=True)
 
-    # -- images ----------------------------------------------------------------------------------
+    # -- images (agent/images.py) ------------------------------------------------------------------
 
     def put_image(self, image: np.ndarray) -> str:
-        """Store an (H, W, 3) uint8 image; return its run-relative path.
-
-        The name is the sha256 of the shape and the raw pixel bytes (not of the PNG bytes, which
-        change with the zlib or pillow version), so the same pixels always get the same path and
-        a second put writes nothing."""
-        if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
-            raise StoreError(f"put_image wants an (H, W, 3) uint8 array, got {getattr(image, 'shape', type(image))} "
-                             f"{getattr(image, 'dtype', '')}")
+        """Store an (H, W, 3) uint8 image; return its run-relative path (the same pixels, the same path)."""
+        check_image_array(image)
         self._writable()
-        pixels = np.ascontiguousarray(image)
-        digest = hashlib.sha256(f"{pixels.shape[0]}x{pixels.shape[1]}x3:".encode() + pixels.tobytes()).hexdigest()
-        rel = f"images/{digest[:2]}/{digest}.png"
-        path = self.root / rel
-        if not path.exists():
-            buf = io.BytesIO()
-            Image.fromarray(pixels, "RGB").save(buf, format="PNG")
-            path.parent.mkdir(exist_ok=True)
-            atomic_write(path, buf.getvalue())
-        return rel
+        return put_png(self.root, image)
 
     def image_path(self, rel: str) -> Path:
-        """The absolute path of a run-relative image path; refuses anything outside the run."""
-        p = PurePosixPath(rel) if isinstance(rel, str) else None
-        if p is None or not rel or "\\" in rel or p.is_absolute() or ".." in p.parts:
-            raise StoreError(f"image path {rel!r} must be relative to the run, without '..'")
-        path = (self.root / p).resolve()
-        if not path.is_relative_to(self.root.resolve()):  # a symlink pointing out of the run
-            raise StoreError(f"image path {rel!r} leads outside the run {self.root}")
-        return path
+        return image_path(self.root, rel)
 
     def load_image(self, rel: str) -> np.ndarray:
-        path = self.image_path(rel)
-        try:
-            with Image.open(path) as im:
-                return np.asarray(im.convert("RGB"))
-        except FileNotFoundError:
-            raise StoreError(f"no image {rel!r} in run {self.root}") from None
-        except OSError as e:
-            raise StoreError(f"cannot read image {path}: {e}") from e
+        return load_png(self.root, rel)
 
     # -- sessions --------------------------------------------------------------------------------
 
