@@ -47,13 +47,13 @@ def atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-STEP_KEYS = ("steps", "decoder_steps")
+STEP_KEYS = ("steps", "decoder_steps", "rounds")  # counts a continued run may grow
 
 
 def pin_config(path: Path, cfg: BaseModel) -> None:
     """A work folder belongs to one config: the first run writes it, a resumed run must bring the
-    same one, or two runs would be mixed. Step counts alone may grow: training continues from the
-    saved state on the longer schedule, and the pinned config records the new counts."""
+    same one, or two runs would be mixed. Step (and round) counts alone may grow: training continues
+    from the saved state on the longer schedule, and the pinned config records the new counts."""
     if path.is_file():
         pinned = type(cfg).model_validate_json(path.read_text())
         if pinned == cfg:
@@ -61,7 +61,7 @@ def pin_config(path: Path, cfg: BaseModel) -> None:
         old, new = _split_steps(pinned.model_dump()), _split_steps(cfg.model_dump())
         if old[0] != new[0] or any(new[1][k] < v for k, v in old[1].items()):
             raise ValueError(f"{path.parent} was started with another config ({path}); use a new --work folder "
-                             "or delete that one (only step counts may grow)")
+                             "or delete that one (only step and round counts may grow)")
     atomic_write(path, cfg.model_dump_json(indent=2))
 
 

@@ -85,8 +85,10 @@ def test_a_work_folder_keeps_its_config_but_step_counts_may_grow(tmp_path):
     longer = TINY.model_copy(update={"lm": TINY.lm.model_copy(update={"steps": TINY.lm.steps * 2})})
     pin_config(path, longer)  # continue training: the pinned config now says so
     assert UnifiedConfig.model_validate_json(path.read_text()).lm.steps == TINY.lm.steps * 2
-    with pytest.raises(ValueError, match="only step counts may grow"):
+    with pytest.raises(ValueError, match="only step and round counts may grow"):
         pin_config(path, TINY)  # fewer steps than already pinned
+    more = longer.model_copy(update={"selfplay": longer.selfplay.model_copy(update={"rounds": 2})})
+    pin_config(path, more)  # another round of self-play after the first
     wider = longer.model_copy(update={"lm": longer.lm.model_copy(update={"hidden_size": 64})})
     with pytest.raises(ValueError, match="another config"):
         pin_config(path, wider)
