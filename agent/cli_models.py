@@ -23,7 +23,7 @@ def bad_input(message: str) -> typer.Exit:
 
 
 def load_model(path: Path | None, device: str | None, guidance: float | None = None,
-               right_threshold: float | None = None):
+               right_threshold: float | None = None, temperature: float | None = None):
     import math
 
     from model.recipe import pick_device
@@ -31,12 +31,14 @@ def load_model(path: Path | None, device: str | None, guidance: float | None = N
 
     if guidance is not None and (not math.isfinite(guidance) or guidance < 0):
         raise bad_input(f"--guidance must be a finite number >= 0, not {guidance}")
+    if temperature is not None and not (math.isfinite(temperature) and 0 <= temperature <= 10):
+        raise bad_input(f"--temperature must be between 0 and 10, not {temperature}")
     if right_threshold is not None and not 0 <= right_threshold <= 1:
         raise bad_input(f"--right-threshold must be between 0 and 1, not {right_threshold}")
     try:
         with console.status("loading the unified model"):
             return UnifiedModel.load(path, str(pick_device(device)),
-                                     Sampling(guidance=1.5 if guidance is None else guidance,
+                                     Sampling(guidance=guidance, temperature=temperature,
                                               right_threshold=right_threshold))
     except (FileNotFoundError, OSError, ValueError) as e:
         raise bad_input(str(e).splitlines()[0]) from None
@@ -65,7 +67,8 @@ def train_unified_cmd(
         out = train_unified(cfg, work, export, device, log=console.print, only=only)
     except ValueError as e:
         raise bad_input(str(e)) from None
-    console.print(f"wrote {out}")
+    if out is not None:  # under torchrun, rank 0 writes and says so
+        console.print(f"wrote {out}")
 
 
 @eval_app.command("unified")
@@ -73,7 +76,9 @@ def eval_unified_cmd(
     split: str = typer.Option("dev", help="Prompt suite: dev or test (or train)."),
     model: Path = typer.Option(None, help="Model folder (default: the shipped model)."),
     per_family: int = typer.Option(None, help="Prompts per family (default: the whole suite)."),
-    guidance: float = typer.Option(1.5, help="Classifier-free guidance of drawings."),
+    guidance: float = typer.Option(None, help="Classifier-free guidance of drawings (default: the folder's, "
+                                   "sampling.json)."),
+    temperature: float = typer.Option(None, help="Temperature of drawings (default: the folder's)."),
     right_threshold: float = typer.Option(None, help="Verdict gate: P(right) needed to say right (default: the "
                                           "folder's calibrated value, reflect.json)."),
     batch_size: int = typer.Option(32, help="Rows per model call, 1 to 1024."),
@@ -93,9 +98,10 @@ def eval_unified_cmd(
         items = suite(split, per_family)
     except ValueError as e:
         raise bad_input(str(e)) from None
-    m = load_model(model, device, guidance, right_threshold)
+    m = load_model(model, device, guidance, right_threshold, temperature)
     report = evaluate(m, items, split, batch_size, log=console.print)
-    card = {"split": split, "per_family": per_family, "guidance": guidance,
+    card = {"split": split, "per_family": per_family, "guidance": m.settings.guidance,
+            "temperature": m.settings.temperature,
             "right_threshold": m.calibrated_threshold if right_threshold is None else right_threshold,
             **summary(report),
             "seconds": round(report.seconds)}
@@ -104,7 +110,7 @@ def eval_unified_cmd(
     if json_out:
         json_out.write_text(text)
     if (model is None or model.resolve() == DEFAULT_MODEL.resolve()) and per_family is None \
-            and right_threshold is None:
+            and all(x is None for x in (right_threshold, guidance, temperature)):
         (DEFAULT_MODEL / f"eval_{split}.json").write_text(text)  # the shipped model's report card
 
 
@@ -131,7 +137,8 @@ def generate_cmd(
     prompts: list[str] = typer.Argument(..., help="One or more prompts."),
     out: Path = typer.Option(..., "--out", "-o", help="PNG to write (a grid when several prompts)."),
     seed: int = typer.Option(0, help="Seed of the first prompt; the next ones use seed+1, ..."),
-    guidance: float = typer.Option(1.5, help="Classifier-free guidance (1: none)."),
+    guidance: float = typer.Option(None, help="Classifier-free guidance (1: none; default: the folder's)."),
+    temperature: float = typer.Option(None, help="Sampling temperature (default: the folder's)."),
     model: Path = typer.Option(None, help="Model folder (default: the shipped model)."),
     device: str = typer.Option(None),
 ) -> None:
@@ -139,7 +146,8 @@ def generate_cmd(
     from world.io import grid, save_png
 
     texts = _prompts(prompts)
-    images = load_model(model, device, guidance).draw(texts, [seed + i for i in range(len(texts))])
+    m = load_model(model, device, guidance, temperature=temperature)
+    images = m.draw(texts, [seed + i for i in range(len(texts))])
     save_png(out, images[0] if len(images) == 1 else grid(np.stack(images)))
     console.print(f"wrote {out}")
 

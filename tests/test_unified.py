@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.unified.config import LMConfig, SelfPlayConfig, UnifiedConfig, VQConfig
+from model.unified.config import DecodingConfig, LMConfig, SelfPlayConfig, UnifiedConfig, VQConfig
 from model.unified.vocab import CODE0
 
 TINY = UnifiedConfig(
@@ -16,6 +16,7 @@ TINY = UnifiedConfig(
                 batch_size=4, reseed_every=2, decoder_steps=2),
     lm=LMConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, steps=4, batch_size=4, warmup=1),
     selfplay=SelfPlayConfig(rounds=1, images=4, steps=2, calibration_images=4),
+    decoding=DecodingConfig(guidances=[1.5, 2.0], temperatures=[1.0], images=4),
 )
 
 
@@ -38,7 +39,10 @@ def test_recipe_writes_a_folder_the_libraries_load(tiny_unified):
     assert lm.config.vocab_size == len(tok) and vq.config.num_vq_embeddings == 32
     assert tok.convert_tokens_to_ids("<c0>") == CODE0
     record = json.loads((tiny_unified / "training.json").read_text())
-    assert set(record["stages"]) == {"vq", "lm", "decoder", "selfplay1", "calibration"}
+    assert set(record["stages"]) == {"vq", "lm", "decoder", "selfplay1", "decoding", "calibration"}
+    assert [p["guidance"] for p in record["stages"]["decoding"]["grid"]] == [1.5, 2.0]
+    chosen = json.loads((tiny_unified / "sampling.json").read_text())
+    assert chosen["guidance"] == record["stages"]["decoding"]["guidance"] and chosen["temperature"] == 1.0
     assert record["stages"]["lm"]["steps"] == 4
     assert record["stages"]["selfplay1"]["images"] == 4 and record["config"]["lm"]["hidden_size"] == 32
 

@@ -47,6 +47,7 @@ def test_the_report_card_counts_every_own_wrong_image_once(tiny_models, tmp_path
                                       "--per-family", "2", "--json", str(out)])
     assert result.exit_code == 0, result.output
     card = json.loads(out.read_text())
+    assert (card["guidance"], card["temperature"]) == (1.5, 1.0)  # a folder without sampling.json
     n = 2 * len(card["one_shot"]) - 2 * 2  # families (overall and held_out are not families)
     rev = card["revision"]
     assert rev["n_wrong"] == round((1 - card["one_shot"]["overall"]) * n)
@@ -66,6 +67,7 @@ def test_the_report_card_counts_every_own_wrong_image_once(tiny_models, tmp_path
     (["world", "eval", "unified", "--per-family", "-3"], "--per-family must be between 1 and 1000"),
     (["world", "eval", "unified", "--per-family", "1", "--right-threshold", "1.5"], "--right-threshold must"),
     (["world", "generate", "a circle", "--out", "x.png", "--guidance", "-1"], "--guidance"),
+    (["world", "generate", "a circle", "--out", "x.png", "--temperature", "11"], "--temperature must be between"),
 ])
 def test_bad_input_to_the_model_commands_exits_2_and_writes_nothing(tmp_path, monkeypatch, args, message):
     from typer.testing import CliRunner

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,17 +33,28 @@ def as_canvas(images: list[np.ndarray], side: int = 64) -> np.ndarray:
 
 @dataclass
 class Sampling:
-    guidance: float = 1.5  # classifier-free guidance of drawings (1: none)
-    temperature: float = 1.0
-    top_k: int = 0
+    """Decoding settings. None takes the model folder's choice (sampling.json: picked by the recipe on
+    its own drawings of train prompts), or FALLBACK's for a folder without one."""
+    guidance: float | None = None  # classifier-free guidance of drawings (1: none)
+    temperature: float | None = None  # of drawings; revisions and edits sample at 1 (lower copies the source)
+    top_k: int | None = None  # of drawings (0: all codes)
     right_threshold: float | None = None  # the verdict gate; None: the folder's calibrated one (reflect.json)
+
+    def over(self, base: Sampling) -> Sampling:
+        return Sampling(**{k: getattr(base, k) if v is None else v for k, v in asdict(self).items()})
+
+
+FALLBACK = Sampling(guidance=1.5, temperature=1.0, top_k=0)
+DRAWING_KEYS = ("guidance", "temperature", "top_k")
 
 
 class UnifiedModel:
     def __init__(self, lm, tokenizer, vq, sampling: Sampling | None = None):
         self.lm, self.tok, self.vq = lm.eval(), tokenizer, vq.eval()
         self.layout = Layout(tokenizer)
-        self.sampling = sampling or Sampling()
+        self.sampling = sampling or Sampling()  # what the caller asks for
+        self.chosen = FALLBACK  # the folder's drawing settings (sampling.json)
+        self.choice: dict = {}  # how they were chosen (calibrate.choose_sampling)
         self.calibrated_threshold = 0.5  # what the folder's reflect.json says, when it has one
         self.calibration: dict = {}  # how it was chosen (calibrate.py)
 
@@ -65,7 +76,15 @@ class UnifiedModel:
         if (path / "reflect.json").is_file():
             model.calibration = json.loads((path / "reflect.json").read_text())
             model.calibrated_threshold = float(model.calibration["right_threshold"])
+        if (path / "sampling.json").is_file():
+            model.choice = json.loads((path / "sampling.json").read_text())
+            model.chosen = Sampling(**{k: model.choice[k] for k in DRAWING_KEYS}).over(FALLBACK)
         return model
+
+    @property
+    def settings(self) -> Sampling:
+        """The caller's settings over the folder's."""
+        return self.sampling.over(self.chosen)
 
     def save(self, path: Path, extra_files: dict[str, str] | None = None) -> Path:
         """Written beside, then swapped in: a reader never sees half a model."""
@@ -76,6 +95,8 @@ class UnifiedModel:
         self.vq.save_pretrained(tmp / "vq")
         (tmp / "reflect.json").write_text(json.dumps(
             {**self.calibration, "right_threshold": self.calibrated_threshold}, indent=1) + "\n")
+        chosen = {k: getattr(self.chosen, k) for k in DRAWING_KEYS}
+        (tmp / "sampling.json").write_text(json.dumps({**self.choice, **chosen}, indent=1) + "\n")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
         umask = os.umask(0)
@@ -92,7 +113,7 @@ class UnifiedModel:
 
     # the four tasks, batched
     def draw_codes(self, prompts: list[str], seeds: list[int], guidance: float | None = None) -> torch.Tensor:
-        s = self.sampling
+        s = self.settings
         return sample_image_codes(self.lm, self.layout, [self.layout.draw_prefix(p) for p in prompts], seeds,
                                   uncond_prefixes=[self.layout.draw_prefix(None)] * len(prompts),
                                   guidance=s.guidance if guidance is None else guidance,
@@ -131,7 +152,5 @@ class UnifiedModel:
 
     def _transform(self, prefixes: list[list[int]], images: list[np.ndarray], seeds: list[int]) -> list[np.ndarray]:
         sources = encode(self.vq, as_canvas(images))
-        s = self.sampling
-        codes = sample_image_codes(self.lm, self.layout, prefixes, seeds, sources=sources,
-                                   temperature=s.temperature, top_k=s.top_k)
+        codes = sample_image_codes(self.lm, self.layout, prefixes, seeds, sources=sources)
         return list(decode(self.vq, codes))

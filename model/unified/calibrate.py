@@ -1,15 +1,41 @@
-"""The verdict gate's threshold, chosen on the model's own drawings of TRAIN prompts labelled by the
-verifier (never dev or test): the P(right) above which "right" is written. It maximises balanced
-accuracy (the mean of the right and wrong images' verdict accuracies), so that a model that draws few
-right images does not learn to call everything wrong or, as greedy decoding at 0.5 did, too much right."""
+"""Choices made on the model's own drawings of TRAIN prompts labelled by the verifier (never dev or
+test): the drawing settings, then the verdict gate's threshold, the P(right) above which "right" is
+written. The threshold maximises balanced accuracy (the mean of the right and wrong images' verdict
+accuracies), so that a model that draws few right images does not learn to call everything wrong or,
+as greedy decoding at 0.5 did, too much right."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from model.unified.bundle import UnifiedModel
+from model.unified.bundle import Sampling, UnifiedModel
+from model.unified.config import DecodingConfig
 from model.unified.tasks import train_prompt
 from world import check_image
+
+
+def choose_sampling(model: UnifiedModel, cfg: DecodingConfig, seed: int, batch: int = 64,
+                    log=print) -> tuple[Sampling, dict]:
+    """The (guidance, temperature) of the grid whose drawings are right most often. Measured on dev with
+    the 15,000-step model: guidance 1.5 at temperature 1 drew 0.467 right, guidance 2 at 0.7 0.533;
+    a lower temperature needs more guidance (1.5 at 0.6: 0.343)."""
+    rng = np.random.default_rng([seed, 8])
+    prompts = [train_prompt(rng) for _ in range(cfg.images)]
+    seeds = [int(s) for s in rng.integers(2**31, size=cfg.images)]
+    asked, grid = model.sampling, []
+    for g in cfg.guidances:
+        for t in cfg.temperatures:
+            model.sampling = Sampling(guidance=g, temperature=t, top_k=0)
+            right = 0
+            for b in range(0, cfg.images, batch):
+                images = model.draw(prompts[b:b + batch], seeds[b:b + batch])
+                right += sum(check_image(p, img).ok for p, img in zip(prompts[b:b + batch], images))
+            grid.append({"guidance": g, "temperature": t, "right": round(right / cfg.images, 4)})
+            log(f"drawing settings: guidance {g}, temperature {t}: {right}/{cfg.images} right")
+    model.sampling = asked
+    best = max(grid, key=lambda point: point["right"])
+    return (Sampling(guidance=best["guidance"], temperature=best["temperature"], top_k=0),
+            {"images": cfg.images, "right": best["right"], "grid": grid})
 
 
 def choose_threshold(p_right: np.ndarray, right: np.ndarray) -> tuple[float, float]:
@@ -22,13 +48,13 @@ def choose_threshold(p_right: np.ndarray, right: np.ndarray) -> tuple[float, flo
     return float(best[2]), float(best[0])
 
 
-def calibrate(model: UnifiedModel, n_images: int, guidance: float, seed: int, batch: int = 64,
-              log=print) -> dict:
+def calibrate(model: UnifiedModel, n_images: int, seed: int, batch: int = 64, log=print) -> dict:
+    """The gate's threshold, on drawings made with the model's own settings."""
     rng = np.random.default_rng([seed, 7])
     scores, labels = [], []
     for b in range(0, n_images, batch):
         prompts = [train_prompt(rng) for _ in range(min(batch, n_images - b))]
-        images = model.draw(prompts, [int(s) for s in rng.integers(2**31, size=len(prompts))], guidance)
+        images = model.draw(prompts, [int(s) for s in rng.integers(2**31, size=len(prompts))])
         _, p = model.reflect(prompts, images)
         scores += [0.0 if x is None else x for x in p]
         labels += [check_image(q, img).ok for q, img in zip(prompts, images)]

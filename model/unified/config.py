@@ -3,7 +3,7 @@ reflection data from the model's own images. One pydantic schema, every key vali
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -73,11 +73,20 @@ class SelfPlayConfig(Strict):
     calibration_images: int = Field(512, ge=0)
 
 
+class DecodingConfig(Strict):
+    """The drawing settings the model folder ships (sampling.json): the grid point whose drawings of train
+    prompts the verifier finds right most often (the same prompts and seeds at every point)."""
+    guidances: list[Annotated[float, Field(ge=0, allow_inf_nan=False)]] = [1.5, 2.0, 2.5]
+    temperatures: list[Annotated[float, Field(gt=0, le=10, allow_inf_nan=False)]] = [0.6, 0.7, 0.8, 1.0]
+    images: int = Field(512, ge=0)  # per grid point (0: no choice, guidance 1.5 at temperature 1)
+
+
 class UnifiedConfig(YamlConfig):
     seed: int = 0
     vq: VQConfig = VQConfig()
     lm: LMConfig = LMConfig()
     selfplay: SelfPlayConfig = SelfPlayConfig()
+    decoding: DecodingConfig = DecodingConfig()
 
 
 class UnifiedBackendConfig(BaseModel):
@@ -86,8 +95,9 @@ class UnifiedBackendConfig(BaseModel):
     kind: Literal["unified"] = "unified"
     path: str | None = None  # None: the shipped weights
     device: str = "cpu"
-    guidance: float = Field(1.5, ge=0, allow_inf_nan=False)  # classifier-free guidance of drawings
-    temperature: float = Field(1.0, ge=0, le=10, allow_inf_nan=False)
-    top_k: int = Field(0, ge=0)
+    # drawing settings; None: the model folder's choice (sampling.json), else guidance 1.5, temperature 1, all codes
+    guidance: float | None = Field(None, ge=0, allow_inf_nan=False)  # classifier-free guidance of drawings
+    temperature: float | None = Field(None, ge=0, le=10, allow_inf_nan=False)
+    top_k: int | None = Field(None, ge=0)
     # the reflection says "right" only when P(right) reaches this; None: the folder's calibrated value
     right_threshold: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)

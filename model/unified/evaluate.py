@@ -46,6 +46,7 @@ class Table(BaseModel):
 class Report(BaseModel):
     split: str
     guidance: float
+    temperature: float
     vq_round_trip: Table = Table()
     one_shot: Table = Table()
     held_out: Rate = Rate()
@@ -74,7 +75,7 @@ def chunks(xs: list, n: int):
 
 def evaluate(model: UnifiedModel, items: list[SuiteItem], split: str, batch: int = 32, log=print) -> Report:
     t0 = time.time()
-    rep = Report(split=split, guidance=model.sampling.guidance)
+    rep = Report(split=split, guidance=model.settings.guidance, temperature=model.settings.temperature)
     scenes = [scene_for_prompt(it.prompt, np.random.default_rng(it.seed)) for it in items]
     white = set()
     for part in chunks(list(zip(items, scenes)), batch):  # the image tokenizer alone

@@ -1,0 +1,60 @@
+"""The unified model's drawing settings: chosen by the recipe on its own drawings of train prompts,
+shipped in the folder (sampling.json), overridden by the caller."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from model.unified.bundle import FALLBACK, Sampling, UnifiedModel
+from model.unified.calibrate import choose_sampling
+from model.unified.config import DecodingConfig
+from world import render, scene_for_prompt
+
+
+def test_the_folder_s_drawing_settings_travel_with_it_and_the_caller_s_win(tiny_models, tmp_path):
+    m = UnifiedModel.load(tiny_models / "unified")
+    assert not (tiny_models / "unified" / "sampling.json").exists() or m.choice
+    m.chosen, m.choice = Sampling(guidance=2.0, temperature=0.7, top_k=0), {"images": 8}
+    m.save(tmp_path / "m")
+    again = UnifiedModel.load(tmp_path / "m")
+    assert (again.settings.guidance, again.settings.temperature, again.settings.top_k) == (2.0, 0.7, 0)
+    assert again.choice["images"] == 8
+    asked = UnifiedModel.load(tmp_path / "m", sampling=Sampling(temperature=1.0))
+    assert (asked.settings.guidance, asked.settings.temperature) == (2.0, 1.0)  # only what the caller names
+    (tmp_path / "m" / "sampling.json").unlink()
+    assert UnifiedModel.load(tmp_path / "m").settings == FALLBACK  # an older folder: guidance 1.5 at temperature 1
+
+
+def test_drawing_settings_change_the_drawings(tiny_models):
+    m = UnifiedModel.load(tiny_models / "unified")
+    prompts, seeds = ["a red circle"] * 4, [1, 2, 3, 4]
+    hot = m.draw_codes(prompts, seeds)
+    m.sampling = Sampling(temperature=0.05)
+    cold = m.draw_codes(prompts, seeds)
+    assert not (hot == cold).all()
+    assert (cold == m.draw_codes(prompts, seeds)).all()  # seeded
+
+
+def test_the_recipe_keeps_the_grid_point_drawn_right_most_often(tiny_models):
+    """The verifier judges each point on the same prompts and seeds; the model itself is replaced by
+    one that draws right only at guidance 2, temperature 0.7."""
+    m = UnifiedModel.load(tiny_models / "unified")
+    seen = []
+
+    def draw(prompts, seeds, guidance=None):
+        s = m.settings
+        seen.append((s.guidance, s.temperature, tuple(prompts), tuple(seeds)))
+        good = (s.guidance, s.temperature) == (2.0, 0.7)
+        scenes = [scene_for_prompt(p, np.random.default_rng(k)) for k, p in enumerate(prompts)]
+        return list(render(scenes)) if good else [np.full((64, 64, 3), 255, np.uint8)] * len(prompts)
+
+    m.draw = draw
+    cfg = DecodingConfig(guidances=[1.5, 2.0], temperatures=[0.7, 1.0], images=6)
+    chosen, record = choose_sampling(m, cfg, seed=0, batch=4, log=lambda s: None)
+    assert (chosen.guidance, chosen.temperature) == (2.0, 0.7) and record["right"] == 1.0
+    assert [p["right"] for p in record["grid"]] == [0.0, 0.0, 1.0, 0.0]
+    assert len({(p, s) for _, _, p, s in seen}) == 2  # two batches, the same at each of the 4 points
+    assert m.sampling == Sampling()  # the caller's settings are back
+    json.dumps(record)  # goes into training.json and sampling.json
