@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from model.ranks import Ranks
 from model.unified.bundle import UnifiedModel
 from model.unified.tasks import reading_order, train_prompt
 from model.unified.vq import decode, encode
@@ -60,10 +61,11 @@ def _repaired(prompt: str, parsed, instruction: str | None, rng: np.random.Gener
     return fixed if check_scene(prompt, fixed).ok else None
 
 
-def mixed_batch(rows: list, own_share: float, seed: int, step: int, synthetic, layout, batch_size: int) -> dict:
+def mixed_batch(rows: list, own_share: float, seed: int, step: int, synthetic, layout, batch_size: int,
+                ranks: Ranks = Ranks()) -> dict:
     rng = np.random.default_rng([seed, 6, step])
     if rows and rng.random() < own_share:
-        return layout.collate([rows[i] for i in rng.choice(len(rows), size=batch_size)])
+        return layout.collate(ranks.share([rows[i] for i in rng.choice(len(rows), size=batch_size)]))
     return synthetic(step)
 
 

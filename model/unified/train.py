@@ -6,7 +6,12 @@ checkpoint in the work folder (rerun the same command after a kill):
 3. the VQ decoder sharpened on fixed codes (independent of 2: `--only decoder` runs it in a second
    process meanwhile, and the main run then finds it done);
 4. rounds of self-play: the model's own drawings labelled by the verifier, mixed back in;
-5. the verdict gate's threshold, calibrated on its own drawings of train prompts.
+5. the drawing settings (guidance, temperature), then the verdict gate's threshold, both chosen on its
+   own drawings of train prompts (no state: a rerun chooses again).
+
+On several processes (`torchrun --nproc_per_node 2 -m agent.cli world train unified ...`) the LM and
+self-play steps are data parallel, each process rendering and training on its share of every batch;
+the other stages run on rank 0 with every process's threads while the rest wait.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ from pathlib import Path
 
 import torch
 
+from model.ranks import init_ranks
 from model.recipe import pick_device, pin_config, training_record
 from model.unified.bundle import DEFAULT_MODEL, Sampling, UnifiedModel
-from model.unified.calibrate import calibrate
+from model.unified.calibrate import calibrate, choose_sampling
 from model.unified.config import UnifiedConfig
 from model.unified.selfplay import mixed_batch, own_rows, save_rows
 from model.unified.sequences import Layout
@@ -26,60 +32,81 @@ from model.unified.train_lm import build_lm, synthetic_batch, train_lm
 from model.unified.vocab import build_tokenizer, corpus
 from model.unified.vq import sharpen_decoder, train_vq
 
-STAGES = ("vq", "decoder")  # the stages that can run alone
+STAGES = ("vq", "decoder")  # the stages that can run alone (--only)
 
 
 def train_unified(cfg: UnifiedConfig, work: Path, export: Path | None = None, device: str | None = None,
-                  log=print, only: str | None = None) -> Path:
+                  log=print, only: str | None = None) -> Path | None:
+    """The folder written (None on the other processes of a torchrun: rank 0 writes it)."""
     from transformers import AutoTokenizer
 
+    ranks = init_ranks()  # one process, or one of torchrun's (the LM stages are data parallel)
+    log = log if ranks.main else (lambda *_: None)
+    log(f"training on {ranks.world} process(es)")
     dev = pick_device(device)
     work.mkdir(parents=True, exist_ok=True)
-    pin_config(work / "config.json", cfg)
-    torch.manual_seed(cfg.seed)
-    vq, vq_record = train_vq(cfg.vq, cfg.seed, work, dev, log)
-    if only == "vq":
-        return work
-    if only == "decoder":
-        sharpen_decoder(cfg.vq, cfg.seed, vq, work, dev, log)
-        return work
-    if not (work / "tokenizer" / "tokenizer.json").is_file():
-        build_tokenizer(cfg.vq.num_codes, corpus()).save_pretrained(work / "tokenizer")
+    with ranks.alone() as mine:
+        if mine:
+            pin_config(work / "config.json", cfg)
+            torch.manual_seed(cfg.seed)
+            train_vq(cfg.vq, cfg.seed, work, dev, log)
+            if only == "decoder":
+                sharpen_decoder(cfg.vq, cfg.seed, train_vq(cfg.vq, cfg.seed, work, dev, log)[0], work, dev, log)
+            if not only and not (work / "tokenizer" / "tokenizer.json").is_file():
+                build_tokenizer(cfg.vq.num_codes, corpus()).save_pretrained(work / "tokenizer")
+    if only:
+        return work if ranks.main else None
+    vq, vq_record = train_vq(cfg.vq, cfg.seed, work, dev, log)  # trained by now: its saved state
     tok = AutoTokenizer.from_pretrained(work / "tokenizer")
     layout = Layout(tok)
     torch.manual_seed(cfg.seed)
     lm = build_lm(cfg.lm, len(tok), tok)
-    synthetic = lambda k: synthetic_batch(cfg.seed, k, cfg.lm, vq, layout)  # noqa: E731
+    synthetic = lambda k: synthetic_batch(cfg.seed, k, cfg.lm, vq, layout, ranks)  # noqa: E731
     lm_cfg = cfg.lm
     stages = {"vq": vq_record}
-    stages["lm"] = train_lm(lm, synthetic, steps=lm_cfg.steps, lr=lm_cfg.lr, warmup=lm_cfg.warmup,
+    stages["lm"] = train_lm(lm, synthetic, steps=lm_cfg.steps, lr=lm_cfg.lr, warmup=lm_cfg.warmup, ranks=ranks,
                             weight_decay=lm_cfg.weight_decay, state=work / "lm.pt", name="lm", device=dev, log=log)
-    stages["decoder"] = sharpen_decoder(cfg.vq, cfg.seed, vq, work, dev, log)
+    with ranks.alone() as mine:
+        if mine:
+            stages["decoder"] = sharpen_decoder(cfg.vq, cfg.seed, vq, work, dev, log)
     sp = cfg.selfplay
     for r in range(sp.rounds):
         data = work / f"selfplay{r}-data.pt"
-        if not data.is_file():
-            model = UnifiedModel(lm, tok, vq, Sampling(guidance=sp.guidance))
-            rows, stats = own_rows(model, sp.images, sp.guidance, cfg.seed + r, log=log)
-            save_rows(data, rows, stats)
+        with ranks.alone() as mine:
+            if mine and not data.is_file():
+                model = UnifiedModel(lm, tok, vq, Sampling(guidance=sp.guidance))
+                rows, stats = own_rows(model, sp.images, sp.guidance, cfg.seed + r, log=log)
+                save_rows(data, rows, stats)
         saved = torch.load(data, weights_only=False)
         offset = lm_cfg.steps + r * sp.steps  # fresh synthetic batches, never the ones seen before
         batches = lambda k, rows=saved["rows"], offset=offset, r=r: mixed_batch(  # noqa: E731
-            rows, sp.own_share, cfg.seed + r, k, lambda j: synthetic(offset + j), layout, lm_cfg.batch_size)
+            rows, sp.own_share, cfg.seed + r, k, lambda j: synthetic(offset + j), layout, lm_cfg.batch_size, ranks)
         record = train_lm(lm, batches, steps=sp.steps, lr=sp.lr, warmup=0, weight_decay=lm_cfg.weight_decay,
-                          state=work / f"selfplay{r}.pt", name=f"self-play {r + 1}", device=dev, log=log)
+                          state=work / f"selfplay{r}.pt", name=f"self-play {r + 1}", device=dev, log=log, ranks=ranks)
         stages[f"selfplay{r + 1}"] = {**record, **saved["stats"]}
-    model = UnifiedModel(lm, tok, vq)
-    if sp.calibration_images:
+    out = export or DEFAULT_MODEL
+    if ranks.main:
+        choose_and_export(cfg, UnifiedModel(lm, tok, vq), stages, out, log)
+    ranks.wait()
+    return out if ranks.main else None
+
+
+def choose_and_export(cfg: UnifiedConfig, model: UnifiedModel, stages: dict, out: Path, log) -> None:
+    """The drawing settings, then the verdict gate on drawings made with them; the folder and its record."""
+    if cfg.decoding.images:
         t0 = time.time()
-        model.calibration = calibrate(model, sp.calibration_images, sp.guidance, cfg.seed, log=log)
+        model.chosen, model.choice = choose_sampling(model, cfg.decoding, cfg.seed, log=log)
+        model.choice["seconds"] = round(time.time() - t0)
+        stages["decoding"] = {**model.choice, "guidance": model.chosen.guidance,
+                              "temperature": model.chosen.temperature}
+    if cfg.selfplay.calibration_images:
+        t0 = time.time()
+        model.calibration = calibrate(model, cfg.selfplay.calibration_images, cfg.seed, log=log)
         model.calibration["seconds"] = round(time.time() - t0)
         model.calibrated_threshold = model.calibration["right_threshold"]
         stages["calibration"] = model.calibration
-    out = export or DEFAULT_MODEL
     model.save(out)
     training_record(out / "training.json", cfg, stages)
-    return out
 
 
 def build_untrained(cfg: UnifiedConfig, corpus_size: int = 50) -> UnifiedModel:

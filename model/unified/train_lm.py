@@ -1,6 +1,7 @@
 """Training of the unified LM: a stream of task batches from world/ (batch k is a function of
-(seed, k), so a resumed run equals an uninterrupted one), AdamW with warmup + cosine decay,
-atomic checkpoints, progress with loss and ETA."""
+(seed, k), so a resumed run equals an uninterrupted one; under torchrun each process renders and
+trains on its share of it), AdamW with warmup + cosine decay, atomic checkpoints, progress with
+loss and ETA."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model.ranks import Ranks
 from model.recipe import Progress
 from model.unified.config import LMConfig
 from model.unified.sequences import Layout
@@ -68,17 +70,21 @@ def task_of_batch(seed: int, step: int, mix: dict[str, float]) -> str:
     return TASKS[int(np.random.default_rng([seed, 2, step]).choice(len(TASKS), p=weights / weights.sum()))]
 
 
-def synthetic_batch(seed: int, step: int, cfg: LMConfig, vq, layout: Layout) -> dict[str, torch.Tensor]:
+def synthetic_batch(seed: int, step: int, cfg: LMConfig, vq, layout: Layout,
+                    ranks: Ranks = Ranks()) -> dict[str, torch.Tensor]:
     rng = np.random.default_rng([seed, 3, step])
     late = cfg.late_mix is not None and step >= cfg.late_mix_from
     task = task_of_batch(seed, step, cfg.late_mix if late else cfg.mix)
     margin = cfg.copy_margin if step >= cfg.copy_from_step else None
-    return encode_examples(vq, layout, make_examples(task, rng, cfg.batch_size), cfg.prompt_dropout, rng, margin)
+    examples = ranks.share(make_examples(task, rng, cfg.batch_size))
+    return encode_examples(vq, layout, examples, cfg.prompt_dropout, rng, margin)
 
 
 def train_lm(model, batches: Callable[[int], dict], *, steps: int, lr: float, warmup: int, weight_decay: float,
-             state: Path, name: str, device: torch.device, log=print, save_every: int = 250) -> dict:
-    """Train `model` on batches(k) for k < steps; state holds everything needed to resume."""
+             state: Path, name: str, device: torch.device, log=print, save_every: int = 250,
+             ranks: Ranks = Ranks()) -> dict:
+    """Train `model` on batches(k) for k < steps (this process's share of batch k); state holds
+    everything needed to resume (rank 0 writes it)."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
     decay = lambda s: min(1.0, (s + 1) / max(warmup, 1)) * 0.5 * (1 + np.cos(np.pi * min(s / max(steps, 1), 1)))  # noqa: E731
     sched = torch.optim.lr_scheduler.LambdaLR(opt, decay)
@@ -88,10 +94,11 @@ def train_lm(model, batches: Callable[[int], dict], *, steps: int, lr: float, wa
         model.load_state_dict(ck["model"]), opt.load_state_dict(ck["opt"]), sched.load_state_dict(ck["sched"])
         step, spent = ck["step"], ck["seconds"]
     model.to(device).train()
+    net = ranks.wrap(model)
     progress, t0 = Progress(name, steps, step, log), time.time()
     while step < steps:
         batch = {k: v.to(device) for k, v in batches(step).items()}
-        loss = model(**batch).loss
+        loss = net(**batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -99,11 +106,11 @@ def train_lm(model, batches: Callable[[int], dict], *, steps: int, lr: float, wa
         step += 1
         losses.append(loss.item())
         progress(step, loss=float(np.mean(losses[-50:])), lr=sched.get_last_lr()[0])
-        if step % save_every == 0 or step == steps:
+        if ranks.main and (step % save_every == 0 or step == steps):
             tmp = state.with_name(f".{state.name}.tmp")
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                         "step": step, "seconds": spent + time.time() - t0}, tmp)
             tmp.replace(state)
     model.eval()
-    return {"steps": steps, "seconds": round(spent + time.time() - t0), "final_loss": float(np.mean(losses[-100:]))
-            if losses else None}
+    return {"steps": steps, "seconds": round(spent + time.time() - t0), "processes": ranks.world,
+            "final_loss": float(np.mean(losses[-100:])) if losses else None}
