@@ -76,3 +76,20 @@ def test_shipped_model_records_how_it_was_made():
     assert UnifiedConfig.model_validate(record["config"]) == UnifiedConfig.load("configs/unified.yaml")
     trained = {k: s for k, s in record["stages"].items() if k != "calibration"}  # the gate: a minute of drawing
     assert {"vq", "lm"} <= record["stages"].keys() and all("seconds" in s for s in trained.values())
+
+
+def test_self_play_labels_regenerate_where_its_own_revision_failed(shipped):
+    """Own wrong drawings whose fixing edit the model's revise did not carry out are labelled
+    `edit: regenerate`; the rest keep the verifier's edit."""
+    from model.unified.selfplay import own_rows
+
+    plain, plain_stats = own_rows(shipped, 64, 1.5, seed=3, log=lambda m: None)
+    rows, stats = own_rows(shipped, 64, 1.5, seed=3, log=lambda m: None, regenerate_unmade=True)
+
+    def regenerates(rows):
+        texts = [shipped.tok.decode(ids) for ids, _ in rows]  # words and marks spaced: "edit : regenerate"
+        return sum(t.startswith("<reflect>") and "edit : regenerate" in t for t in texts)
+
+    assert stats["edits_tried"] > 0 and 0 <= stats["edits_made"] <= stats["edits_tried"]
+    assert regenerates(rows) - regenerates(plain) == stats["edits_tried"] - stats["edits_made"]
+    assert len(rows) == len(plain) and plain_stats["right"] == stats["right"]  # the same drawings, relabelled

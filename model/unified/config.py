@@ -69,6 +69,8 @@ class SelfPlayConfig(Strict):
     own_share: float = Field(0.5, ge=0, le=1)  # share of batches made of own images (the rest: the synthetic mix)
     lr: float = Field(5e-4, gt=0)
     guidance: float = Field(1.5, ge=0)
+    # a wrong image whose fixing edit its own revise did not carry out is labelled `edit: regenerate`
+    regenerate_unmade_edits: bool = False
     # then the verdict gate's threshold, on this many own drawings of train prompts (0: no gate, 0.5)
     calibration_images: int = Field(512, ge=0)
 

@@ -14,37 +14,55 @@ from model.unified.tasks import reading_order, train_prompt
 from model.unified.vq import decode, encode
 from policies.critique import REGENERATE
 from tasks.shapeworld import label_critique
-from world import apply_edit, check_scene, parse_image, render
+from world import apply_edit, check_image, check_scene, parse_image, render
 from world.edit_check import scene_from_parsed
 from world.edits import EditError
 from world.synth import PlacementError
 
 
 def own_rows(model: UnifiedModel, n_images: int, guidance: float, seed: int, batch: int = 64,
-             log=print) -> tuple[list[tuple[list[int], list[int]]], dict]:
-    """Token rows (reflect on every own image, revise every repairable wrong one) and their stats."""
+             log=print, regenerate_unmade: bool = False) -> tuple[list[tuple[list[int], list[int]]], dict]:
+    """Token rows (reflect on every own image, revise every repairable wrong one) and their stats.
+    With `regenerate_unmade`, a wrong image's fixing edit is first tried with the model's own revise;
+    when that revision is not right, the reflection's label asks for `regenerate` instead: the critic
+    learns to ask for what its own hand can do (a fresh drawing is right ~7x as often, dev)."""
     rng = np.random.default_rng([seed, 5])
-    rows, right, revisions, layout = [], 0, 0, model.layout
+    rows, right, revisions, made, tried, layout = [], 0, 0, 0, 0, model.layout
     for b in range(0, n_images, batch):
         prompts = [train_prompt(rng) for _ in range(min(batch, n_images - b))]
         seeds = [int(s) for s in rng.integers(2**31, size=len(prompts))]
         drawn = model.draw_codes(prompts, seeds, guidance)
         images = decode(model.vq, drawn)
         codes = encode(model.vq, images).tolist()  # what the critic will see: the image re-encoded
-        for prompt, image, source, own in zip(prompts, images, codes, drawn.tolist()):
-            parsed = parse_image(image)
-            critique = label_critique(prompt, reading_order(parsed.objects), parsed.blobs)
+        parsed = [parse_image(image) for image in images]
+        labels = [label_critique(p, reading_order(r.objects), r.blobs) for p, r in zip(prompts, parsed)]
+        critiques = list(labels)  # what the reflection rows say
+        if regenerate_unmade:
+            edits = [k for k, c in enumerate(critiques) if c.verdict == "wrong" and c.instruction != REGENERATE]
+            out = model.revise([prompts[k] for k in edits], [images[k] for k in edits],
+                               [labels[k].instruction for k in edits], [seeds[k] + 1 for k in edits])
+            for k, revised in zip(edits, out):
+                tried += 1
+                if check_image(prompts[k], revised).ok:
+                    made += 1
+                else:
+                    critiques[k] = critiques[k].model_copy(update={"instruction": REGENERATE})
+        for prompt, read, label, critique, source, own in zip(prompts, parsed, labels, critiques, codes,
+                                                              drawn.tolist()):
             rows.append(layout.example("reflect", prompt, source, None, critique.text))
             if critique.verdict == "right":
                 right += 1
                 rows.append(layout.example("draw", prompt, None, own, None))
-            target = _repaired(prompt, parsed, critique.instruction, rng)
+            target = _repaired(prompt, read, label.instruction, rng)  # the verifier's edit, carried out
             if target is not None:
                 fixed = encode(model.vq, render([target])).tolist()[0]
-                rows.append(layout.example("revise", prompt, source, fixed, critique.instruction))
+                rows.append(layout.example("revise", prompt, source, fixed, label.instruction))
                 revisions += 1
         log(f"self-play: {b + len(prompts)}/{n_images} own images, {right} right, {revisions} revisions")
-    return rows, {"images": n_images, "right": right, "revisions": revisions}
+    stats = {"images": n_images, "right": right, "revisions": revisions}
+    if regenerate_unmade:
+        stats |= {"edits_tried": tried, "edits_made": made}
+    return rows, stats
 
 
 def _repaired(prompt: str, parsed, instruction: str | None, rng: np.random.Generator):

@@ -75,7 +75,8 @@ def train_unified(cfg: UnifiedConfig, work: Path, export: Path | None = None, de
         with ranks.alone() as mine:
             if mine and not data.is_file():
                 model = UnifiedModel(lm, tok, vq, Sampling(guidance=sp.guidance))
-                rows, stats = own_rows(model, sp.images, sp.guidance, cfg.seed + r, log=log)
+                rows, stats = own_rows(model, sp.images, sp.guidance, cfg.seed + r, log=log,
+                                       regenerate_unmade=sp.regenerate_unmade_edits)
                 save_rows(data, rows, stats)
         saved = torch.load(data, weights_only=False)
         offset = lm_cfg.steps + r * sp.steps  # fresh synthetic batches, never the ones seen before
