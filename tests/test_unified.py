@@ -79,6 +79,10 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
     whole, resumed = run(tmp_path / "a.pt"), run(tmp_path / "b.pt", fail_at=3)
     for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), name
+    lm = build_lm(TINY.lm, len(tok), tok)  # a rerun of the finished stage: nothing to train, the same record
+    again = train_lm(lm, batches, steps=4, lr=1e-3, warmup=1, weight_decay=0.0, state=tmp_path / "a.pt", name="t",
+                     device=torch.device("cpu"), log=lambda m: None, save_every=2)
+    assert again["final_loss"] is not None and np.isfinite(again["final_loss"])
 
 
 def test_a_work_folder_keeps_its_config_but_step_counts_may_grow(tmp_path):
@@ -259,6 +263,10 @@ def test_the_verdict_gate_writes_right_only_above_the_threshold():
     p = np.array([0.99, 0.98, 0.97, 0.9, 0.6, 0.3])
     right = np.array([True, True, False, False, False, False])
     assert choose_threshold(p, right) == (0.98, 1.0)  # an overconfident model: the cut moves up
+    p = np.array([0.9] * 100 + [0.2] + [0.1] * 100)  # one right image of 101 below 0.5
+    right = np.array([True] * 101 + [False] * 100)
+    assert choose_threshold(p, right, min_gain=0.001) == (0.2, 1.0)
+    assert choose_threshold(p, right)[0] == 0.5  # a gain of 0.005 is noise
 
 
 def test_the_calibrated_threshold_travels_with_the_folder(tiny_unified, tmp_path):

@@ -78,7 +78,7 @@ class UnifiedModel:
             model.calibrated_threshold = float(model.calibration["right_threshold"])
         if (path / "sampling.json").is_file():
             model.choice = json.loads((path / "sampling.json").read_text())
-            model.chosen = Sampling(**{k: model.choice[k] for k in DRAWING_KEYS}).over(FALLBACK)
+            model.chosen = Sampling(**{k: model.choice.get(k) for k in DRAWING_KEYS}).over(FALLBACK)
         return model
 
     @property

@@ -92,7 +92,7 @@ def train_lm(model, batches: Callable[[int], dict], *, steps: int, lr: float, wa
     if state.is_file():
         ck = torch.load(state, map_location=device, weights_only=False)
         model.load_state_dict(ck["model"]), opt.load_state_dict(ck["opt"]), sched.load_state_dict(ck["sched"])
-        step, spent = ck["step"], ck["seconds"]
+        step, spent, losses = ck["step"], ck["seconds"], ck.get("recent_losses", [])
     model.to(device).train()
     net = ranks.wrap(model)
     progress, t0 = Progress(name, steps, step, log), time.time()
@@ -109,7 +109,7 @@ def train_lm(model, batches: Callable[[int], dict], *, steps: int, lr: float, wa
         if ranks.main and (step % save_every == 0 or step == steps):
             tmp = state.with_name(f".{state.name}.tmp")
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                        "step": step, "seconds": spent + time.time() - t0}, tmp)
+                        "step": step, "seconds": spent + time.time() - t0, "recent_losses": losses[-100:]}, tmp)
             tmp.replace(state)
     model.eval()
     return {"steps": steps, "seconds": round(spent + time.time() - t0), "processes": ranks.world,
