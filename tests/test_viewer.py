@@ -223,7 +223,9 @@ def test_cli_serves_and_stops_on_ctrl_c(run):
     code = "import typer; from agent.cli_view import view_cmd; typer.run(view_cmd)"
     proc = subprocess.Popen([sys.executable, "-c", code, str(run.root), "--port", "0"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            # as from a terminal: a suite started with `&` ignores SIGINT, and so would the child
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = proc.stdout.readline()
         port = int(re.search(r"http://127\.0\.0\.1:(\d+)/", line).group(1))
