@@ -4,10 +4,6 @@ real GRPOTrainer steps on images from a loop run that checkpoint and resume, LoR
 and two processes under torchrun."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -25,7 +21,6 @@ from rewards.base import Scored
 from rewards.shaping import Shaping
 
 runner = CliRunner()
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EDIT = Critique(verdict="wrong", defects=["an extra blue square"], instruction="remove the blue square").text
 RIGHT = Critique(verdict="right", observations=["a red circle (centre)"]).text
 
@@ -208,18 +203,11 @@ def test_bad_policy_input_exits_2(tmp_path, tiny_models, over, message):
 @pytest.mark.slow
 def test_torchrun_two_processes(tiny_models, reward, tmp_path):
     """Two CPU processes (gloo) through the CLI: 2 GRPO steps, one checkpoint, one export."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "agent.cli",
-           "train", "policy", "--config", "configs/grpo.yaml", "--work", str(tmp_path / "work"),
-           *sets(reward, tiny_models, per_device_train_batch_size=2)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the workers too: a hung rendezvous must not outlive the test
-        raise
-    assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    from tests.two_processes import torchrun_cli
+
+    code, out, err = torchrun_cli("train", "policy", "--config", "configs/grpo.yaml", "--work", str(tmp_path / "work"),
+                                  *sets(reward, tiny_models, per_device_train_batch_size=2))
+    assert code == 0, out[-3000:] + err[-3000:]
     assert "on 2 process(es)" in out and out.count("grpo: done") == 1  # the main process logs
     assert (tmp_path / "work" / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
     record = json.loads((tmp_path / "work" / "policy" / "training.json").read_text())

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 
 import pytest
 import torch
 import yaml
 
 from model.ranks import Ranks
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_the_processes_shares_make_up_the_batch_once():
@@ -46,20 +40,12 @@ def test_torchrun_trains_the_recipe_on_two_processes(tmp_path):
     from test_unified import TINY
 
     from model.unified.bundle import UnifiedModel
+    from tests.two_processes import torchrun_cli
 
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY.model_dump(mode="json")))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "agent.cli",
-           "world", "train", "unified", "--config", str(tmp_path / "tiny.yaml"), "--work", str(tmp_path / "work"),
-           "--export", str(tmp_path / "model"), "--device", "cpu"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the workers too: a hung rendezvous must not outlive the test
-        raise
-    assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    code, out, err = torchrun_cli("world", "train", "unified", "--config", str(tmp_path / "tiny.yaml"), "--work",
+                                  str(tmp_path / "work"), "--export", str(tmp_path / "model"), "--device", "cpu")
+    assert code == 0, out[-3000:] + err[-3000:]
     assert out.count("training on 2 process(es)") == 1 and out.count("wrote ") == 1  # rank 0 logs
     record = json.loads((tmp_path / "model" / "training.json").read_text())
     assert record["stages"]["lm"]["processes"] == 2 and record["stages"]["lm"]["steps"] == TINY.lm.steps
