@@ -58,3 +58,20 @@ def test_the_recipe_keeps_the_grid_point_drawn_right_most_often(tiny_models):
     assert len({(p, s) for _, _, p, s in seen}) == 2  # two batches, the same at each of the 4 points
     assert m.sampling == Sampling()  # the caller's settings are back
     json.dumps(record)  # goes into training.json and sampling.json
+
+
+def test_a_broken_sampling_file_is_a_one_line_error_naming_it(tiny_models, tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from agent.cli import app
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_models / "unified", folder)
+    for text in ('{"guidance": "x"}', '{"guidance": 2', "[1]", '{"top_k": 1.5}'):
+        (folder / "sampling.json").write_text(text)
+        result = CliRunner().invoke(app, ["world", "generate", "a red circle", "--model", str(folder),
+                                          "--out", str(tmp_path / "o.png")])
+        assert result.exit_code == 2 and "sampling.json" in result.output, result.output
+        assert not (tmp_path / "o.png").exists()

@@ -48,6 +48,21 @@ FALLBACK = Sampling(guidance=1.5, temperature=1.0, top_k=0)
 DRAWING_KEYS = ("guidance", "temperature", "top_k")
 
 
+def read_choice(path: Path) -> tuple[dict, Sampling]:
+    """A folder's sampling.json; ValueError names the file and what is wrong in it."""
+    try:
+        choice = json.loads(path.read_text())
+        chosen = {k: choice.get(k) for k in DRAWING_KEYS}
+        ok = all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0)
+                 for v in chosen.values()) and (chosen["temperature"] or 0) <= 10
+        if not ok or (chosen["top_k"] is not None and not isinstance(chosen["top_k"], int)):
+            raise ValueError("guidance, temperature (0-10) and top_k (an integer) must be numbers >= 0")
+    except (ValueError, AttributeError) as e:
+        raise ValueError(f"{path}: not a drawing-settings file ({e}); rerun the recipe's stages 5-6 or delete it") \
+            from None
+    return choice, Sampling(**chosen).over(FALLBACK)
+
+
 class UnifiedModel:
     def __init__(self, lm, tokenizer, vq, sampling: Sampling | None = None):
         self.lm, self.tok, self.vq = lm.eval(), tokenizer, vq.eval()
@@ -77,8 +92,7 @@ class UnifiedModel:
             model.calibration = json.loads((path / "reflect.json").read_text())
             model.calibrated_threshold = float(model.calibration["right_threshold"])
         if (path / "sampling.json").is_file():
-            model.choice = json.loads((path / "sampling.json").read_text())
-            model.chosen = Sampling(**{k: model.choice.get(k) for k in DRAWING_KEYS}).over(FALLBACK)
+            model.choice, model.chosen = read_choice(path / "sampling.json")
         return model
 
     @property
