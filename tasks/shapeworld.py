@@ -76,7 +76,10 @@ class ShapeWorldTask(Task):
 
 def where(obj: ParsedObject) -> str:
     """Coarse place on a 3x3 grid: 'top left', 'centre', 'bottom', ..."""
-    cx, cy = obj.centroid
+    return place(*obj.centroid)
+
+
+def place(cx: float, cy: float) -> str:
     col = ("left", "", "right")[min(int(3 * cx / CANVAS), 2)]
     row = ("top", "", "bottom")[min(int(3 * cy / CANVAS), 2)]
     return " ".join(w for w in (row, col) if w) or "centre"
@@ -87,12 +90,21 @@ def label_critique(prompt: str, objects: Sequence[ParsedObject], blobs: Sequence
     training label of the critic. Never used at inference."""
     prompt = parse_prompt(prompt)
     verdict = verify(prompt, objects, blobs, tolerance=0.0 if not blobs and _exact(objects) else 1.0)
-    seen = [f"a {o.color} {o.shape} ({where(o)})" for o in objects] + [b.description for b in blobs]
+    noshapes = [no_shape(b) for b in blobs]
+    seen = [f"a {o.color} {o.shape} ({where(o)})" for o in objects] + noshapes
     if verdict.ok:
         return Critique(verdict="right", observations=seen)
     edit = fixing_edit(prompt, objects, verdict)
-    return Critique(verdict="wrong", observations=seen, defects=[d.message for d in verdict.defects],
-                    instruction=edit.text if edit else REGENERATE)
+    defects = [f"found {n}" for n in noshapes] + [d.message for d in verdict.defects if d.kind != "unreadable"]
+    return Critique(verdict="wrong", observations=seen, defects=defects, instruction=edit.text if edit else REGENERATE)
+
+
+def no_shape(blob: Blob) -> str:
+    """A region that fits no shape, in a critic's words (a colour and a coarse place); the verifier's
+    own message adds its pixel coordinates and measurements, more than a critic can be asked to say."""
+    x0, y0, x1, y1 = blob.box
+    what = "a region of unknown colour" if blob.color == "unknown" else f"a {blob.color} region"
+    return f"{what} ({place((x0 + x1) / 2, (y0 + y1) / 2)}) that is no shape"
 
 
 def _exact(objects: Sequence[ParsedObject]) -> bool:
