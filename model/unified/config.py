@@ -67,8 +67,10 @@ class SelfPlayConfig(Strict):
     images: int = Field(768, ge=0)  # own drawings per round
     steps: int = Field(400, ge=0)  # training steps per round
     own_share: float = Field(0.5, ge=0, le=1)  # share of batches made of own images (the rest: the synthetic mix)
+    flawed: int = Field(0, ge=0)  # reflections on patch-level hybrids (flaws.py) added to each round's own rows
     lr: float = Field(5e-4, gt=0)
-    guidance: float = Field(1.5, ge=0)
+    guidance: float = Field(1.5, ge=0)  # the own drawings' settings
+    temperature: float = Field(1.0, gt=0)
     # a wrong image whose fixing edit its own revise did not carry out is labelled `edit: regenerate`
     regenerate_unmade_edits: bool = False
     # then the verdict gate's threshold, on this many own drawings of train prompts (0: no gate, 0.5)

@@ -26,10 +26,11 @@ from model.recipe import pick_device, pin_config, training_record
 from model.unified.bundle import DEFAULT_MODEL, Sampling, UnifiedModel
 from model.unified.calibrate import calibrate, choose_sampling
 from model.unified.config import UnifiedConfig
+from model.unified.flaws import flawed_rows
 from model.unified.selfplay import mixed_batch, own_rows, save_rows
 from model.unified.sequences import Layout
 from model.unified.train_lm import build_lm, synthetic_batch, train_lm
-from model.unified.vocab import build_tokenizer, corpus
+from model.unified.vocab import build_tokenizer, corpus, own_words, with_words
 from model.unified.vq import sharpen_decoder, train_vq
 
 STAGES = ("vq", "decoder")  # the stages that can run alone (--only)
@@ -70,13 +71,23 @@ def train_unified(cfg: UnifiedConfig, work: Path, export: Path | None = None, de
         if mine:
             stages["decoder"] = sharpen_decoder(cfg.vq, cfg.seed, vq, work, dev, log)
     sp = cfg.selfplay
+    grown = with_words(tok, own_words())  # a work folder whose tokenizer predates a label's words
+    if sp.rounds and grown is not tok:
+        torch.manual_seed(cfg.seed)
+        lm.resize_token_embeddings(len(grown))  # new rows at the old ones' mean; the old ids keep theirs
+        log(f"tokenizer: {len(grown) - len(tok)} words of own-drawing reflections added")
+        tok, layout = grown, Layout(grown)
     for r in range(sp.rounds):
         data = work / f"selfplay{r}-data.pt"
         with ranks.alone() as mine:
             if mine and not data.is_file():
-                model = UnifiedModel(lm, tok, vq, Sampling(guidance=sp.guidance))
+                model = UnifiedModel(lm, tok, vq, Sampling(guidance=sp.guidance, temperature=sp.temperature))
                 rows, stats = own_rows(model, sp.images, sp.guidance, cfg.seed + r, log=log,
                                        regenerate_unmade=sp.regenerate_unmade_edits)
+                if sp.flawed:
+                    more, flawed = flawed_rows(model, sp.flawed, cfg.seed + r)
+                    rows, stats = rows + more, stats | flawed
+                    log(f"flawed drawings: {flawed}")
                 save_rows(data, rows, stats)
         saved = torch.load(data, weights_only=False)
         offset = lm_cfg.steps + r * sp.steps  # fresh synthetic batches, never the ones seen before
