@@ -21,7 +21,7 @@ from agent.review import Reviewer, ask
 from agent.trajectory import RoundRecord, SessionRecord, SessionSpec
 from model.backends import load_critic, load_image_model, load_judge
 from model.roles import Critic, Editor, Generator, Judge
-from model.worker import BatchedWorker, Crowd
+from model.worker import BatchedWorker, Crowd, Turn
 from policies.search import SearchPolicy
 from rewards.base import Reward
 from rewards.learned import LearnedReward, LearnedRewardConfig
@@ -96,17 +96,21 @@ def make_runtime(store, generator, editor, critic, policy, judge=None, verifier=
                  search: SearchPolicy | None = None, task: Task | None = None, history: int = 0) -> Runtime:
     """Put each model role behind a batched worker shared by all sessions (and by their crowd).
     With a task and no `verifier`, the task's exact verifier (when it has one) is the verifier."""
-    crowd = Crowd()
+    crowd, turn = Crowd(), Turn()
+    here = lambda model: turn if getattr(model, "runs_here", True) else None  # noqa: E731 - a served model: its own server
     if verifier is None and task is not None and task.has_verifier:
         verifier = lambda p, img: task.verify(p, img).ok  # noqa: E731
     return Runtime(
         store=store,
         generator=BatchedWorker("generator", lambda xs: generator.generate([p for p, _ in xs], [s for _, s in xs]),
-                                max_batch, crowd=crowd),
-        editor=BatchedWorker("editor", lambda xs: revise_or_edit(editor, xs), max_batch, crowd=crowd),
-        critic=BatchedWorker("critic", lambda xs: critique_rows(critic, xs), max_batch, crowd=crowd),
+                                max_batch, crowd=crowd, turn=here(generator)),
+        editor=BatchedWorker("editor", lambda xs: revise_or_edit(editor, xs), max_batch, crowd=crowd,
+                             turn=here(editor)),
+        critic=BatchedWorker("critic", lambda xs: critique_rows(critic, xs), max_batch, crowd=crowd,
+                             turn=here(critic)),
         judge=None if judge is None else BatchedWorker(
-            "judge", lambda xs: judge.score([p for p, _ in xs], [i for _, i in xs]), max_batch, crowd=crowd),
+            "judge", lambda xs: judge.score([p for p, _ in xs], [i for _, i in xs]), max_batch, crowd=crowd,
+            turn=here(judge)),
         policy=policy,
         verifier=verifier,
         search=search or SearchPolicy(),

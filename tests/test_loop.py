@@ -83,3 +83,15 @@ def test_a_failing_model_fails_its_sessions_only(tmp_path, image_model):
     records = asyncio.run(run_sessions(rt, [SessionSpec(id="a", prompt="a circle", seed=0)]))
     assert records[0].status == "failed" and "critic out of memory" in records[0].error
     assert len(records[0].rounds) == 1  # the generated image was kept
+
+
+def test_models_of_this_machine_take_turns_and_a_served_one_does_not(tmp_path, image_model):
+    """Roles run by this process share one turn (one batch at a time on its cores); a served critic
+    runs on its server, so its batches may overlap the image model's."""
+    class Served(ScriptedCritic):
+        runs_here = False
+
+    local = make_runtime(new_store(tmp_path / "a"), image_model, image_model, ScriptedCritic({}), StopPolicy())
+    assert local.generator.turn is local.editor.turn is local.critic.turn is not None
+    served = make_runtime(new_store(tmp_path / "b"), image_model, image_model, Served({}), StopPolicy())
+    assert served.critic.turn is None and served.generator.turn is not None

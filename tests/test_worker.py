@@ -122,3 +122,59 @@ def test_a_crowd_does_not_wait_past_max_wait_or_for_sessions_away():
 
     waited = asyncio.run(main())
     assert seen == [1] and 0.04 <= waited < 0.3  # the cap, not the busy session's 0.5 s
+
+
+def test_workers_sharing_a_turn_run_one_batch_at_a_time_and_cohorts_merge():
+    """Four sessions each call model a, then model b. The first two reach a alone (a short wait
+    splits them from the other two). Without a turn, b runs the first pair while a runs the second,
+    and b sees two half batches; with one, b waits for a and gets all four at once."""
+    from model.worker import Crowd, Turn
+
+    def run(turn):
+        seen, spans = {"a": [], "b": []}, []
+
+        def model(name):
+            def fn(batch):
+                t0 = time.perf_counter()
+                time.sleep(0.2)
+                seen[name].append(len(batch))
+                spans.append((t0, time.perf_counter()))
+                return batch
+            return fn
+
+        async def main():
+            crowd = Crowd()
+            a = BatchedWorker("a", model("a"), max_batch=8, crowd=crowd, max_wait=0.01, turn=turn)
+            b = BatchedWorker("b", model("b"), max_batch=8, crowd=crowd, max_wait=0.5, turn=turn)
+
+            async def session(i):
+                with crowd.session(f"s{i}"):
+                    await asyncio.sleep(0.0 if i < 2 else 0.08)  # while a runs the first two
+                    return await b(await a(i))
+
+            results = await asyncio.gather(*(session(i) for i in range(4)))
+            await a.close(), await b.close()
+            return results
+
+        assert asyncio.run(main()) == [0, 1, 2, 3]
+        overlaps = any(s < e0 and s0 < e for k, (s0, e0) in enumerate(spans) for s, e in spans[k + 1:])
+        return seen, overlaps
+
+    seen, overlaps = run(None)
+    assert seen["a"] == [2, 2] and seen["b"] == [2, 2] and overlaps
+    seen, overlaps = run(Turn())
+    assert seen["a"] == [2, 2] and seen["b"] == [4] and not overlaps
+
+
+def test_a_turn_serves_one_event_loop_after_another():
+    """A runtime outlives an `asyncio.run` (the bench runs its arms one after the other)."""
+    from model.worker import Turn
+
+    turn = Turn()
+    worker = BatchedWorker("m", lambda b: b, max_batch=4, turn=turn)
+    for k in range(2):
+        async def main(k=k):
+            out = await asyncio.gather(worker(k), worker(k + 1))
+            await worker.close()
+            return out
+        assert asyncio.run(main()) == [k, k + 1]

@@ -83,6 +83,8 @@ def url_part(image: np.ndarray) -> dict:
 class ServedCritic:
     """Reflections from the served model, one request per row (sent concurrently, bounded)."""
 
+    runs_here = False  # its batches run on the server's hardware: no turn with this machine's models
+
     def __init__(self, cfg: ServedCriticConfig):
         self.cfg = cfg
         self.server = ServedModel(cfg, "critic")
@@ -139,6 +141,8 @@ def yes_probability(choice, yes: set[str], no: set[str]) -> float | None:
 
 class ServedJudge:
     """VQAScore from the served model: P(yes) to the template's question, one request per row."""
+
+    runs_here = False
 
     def __init__(self, cfg: ServedJudgeConfig):
         self.cfg = cfg
