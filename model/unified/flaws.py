@@ -7,7 +7,9 @@ drawings; the critic called 39% of them right, having seen almost none in traini
 synthetic stream renders clean shapes only). Here a right scene is encoded, some patches of one
 object are taken from the same scene with that object in another shape or colour (or a piece of
 it is copied into empty space), the codes are decoded, and the world's verifier labels what the
-pixels show: the label is of the image, whatever the recipe meant it to be.
+pixels show: the label is of the image, whatever the recipe meant it to be. Measured: 3,072 of
+them in a self-play round did not lift the verdicts on its own drawings (README), so the shipped
+recipe leaves `selfplay.flawed` at 0.
 """
 
 from __future__ import annotations
