@@ -76,6 +76,13 @@ class IndexJudge:
         return [Scored(value=self.scores[k], reason=f"candidate {k}") for k in indices]
 
 
+class ServedIndexJudge(IndexJudge):
+    """The same judge on a server of its own: it scores while this machine's generator is busy
+    (a judge run here would wait for the generator's turn, so no branch would finish first)."""
+
+    runs_here = False
+
+
 class Critic:
     """Replays scripted reflections per prompt, one per call."""
 
@@ -178,7 +185,7 @@ def test_resume_after_an_interruption_during_the_fan_out(tmp_path):
     """Cancel the run while candidate 2 of 3 is being generated (as a kill would stop it), then
     resume: the finished candidates are not made again, nothing is duplicated, and the session
     ends exactly as an uninterrupted one."""
-    search, judge = SearchPolicy(best_of=3, judge="verifier"), IndexJudge({0: 0.4, 1: 0.6, 2: 0.5})
+    search, judge = SearchPolicy(best_of=3, judge="verifier"), ServedIndexJudge({0: 0.4, 1: 0.6, 2: 0.5})
     store, blocked = new_store(tmp_path / "run"), StampModel(block_at=3)
     spec = SessionSpec(id="s0", prompt="a circle", seed=7)
 
