@@ -54,6 +54,9 @@ def train_unified_cmd(
     only: str = typer.Option(None, help="Run one stage alone: vq, or decoder (beside the main run, on another core)."),
 ) -> None:
     """The whole recipe: VQ image tokenizer, the LM on draw/reflect/revise/edit, decoder sharpening, self-play."""
+    from pydantic import ValidationError
+
+    from agent.errors import plain_errors
     from model.unified.config import UnifiedConfig
     from model.unified.train import STAGES, train_unified
 
@@ -61,6 +64,8 @@ def train_unified_cmd(
         raise bad_input(f"--only must be one of {', '.join(STAGES)}, not {only!r}")
     try:
         cfg = UnifiedConfig.load(config)
+    except ValidationError as e:  # names the setting, not just "1 validation error"
+        raise bad_input(plain_errors(e, str(config))) from None
     except ValueError as e:
         raise bad_input(str(e).splitlines()[0]) from None
     try:

@@ -38,6 +38,10 @@ CASES = [
     (["world", "bench", "--scenes", "5"], "--scenes must be between 100"),
     (["world", "generate", "a circle", "--out", "{t}/x.png", "--guidance", "nan"], "--guidance must be a finite"),
     (["world", "generate", "a circle", "--out", "{t}/x.png", "--model", "{t}/nope"], "is not a model folder"),
+    (["world", "train", "unified", "--config", "{t}/in/coldplay.yaml", "--work", "{t}/w"],
+     "selfplay.temperature must be more than 0"),
+    (["world", "train", "unified", "--config", "{t}/in/flawed.yaml", "--work", "{t}/w"],
+     "selfplay.flawed must be at least 0"),
     (["world", "generate", "a circle", "--out", "{t}"], "is a directory"),
     (["world", "generate", "a circle", "--out", "{t}/x.png", "--model", "{t}/badmodel"], "badmodel"),
     (["run", "a circle", "--config", "{t}/in/badmodel.yaml"], "badmodel"),
@@ -136,6 +140,7 @@ def write_inputs(t):
         "nanguidance.yaml": "models: {image: {guidance: .nan}}\n",
         "wide.yaml": "search: {best_of: 1000, judge: verifier}\n",
         "judge.yaml": "search: {best_of: 2, judge: oracle}\n",
+        "coldplay.yaml": "selfplay: {temperature: 0}\n", "flawed.yaml": "selfplay: {flawed: -1}\n",
     }
     for name, text in files.items():
         (d / name).write_text(text)
