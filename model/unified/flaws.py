@@ -43,8 +43,8 @@ def mix_codes(codes: np.ndarray, other: np.ndarray, rng: np.random.Generator) ->
         take = rng.choice(differ, size=int(rng.integers(1, len(differ))), replace=False)
         out[take] = other[take]
         return out
-    blank = np.flatnonzero(codes == np.bincount(codes).argmax())  # the background's code
-    inked = np.flatnonzero(codes != np.bincount(codes).argmax())
+    background = codes == np.bincount(codes).argmax()  # the most common code: white
+    blank, inked = np.flatnonzero(background), np.flatnonzero(~background)
     if len(blank) and len(inked):
         out[rng.choice(blank)] = codes[rng.choice(inked)]
     return out
