@@ -93,3 +93,21 @@ def test_self_play_labels_regenerate_where_its_own_revision_failed(shipped):
     assert stats["edits_tried"] > 0 and 0 <= stats["edits_made"] <= stats["edits_tried"]
     assert regenerates(rows) - regenerates(plain) == stats["edits_tried"] - stats["edits_made"]
     assert len(rows) == len(plain) and plain_stats["right"] == stats["right"]  # the same drawings, relabelled
+
+
+def test_rows_that_finish_leave_the_batch_and_the_rest_write_the_same(shipped):
+    """Reflections written a few tokens at a time, finished rows dropped (the default), equal those of
+    one `generate` over the whole batch, verdict probabilities included."""
+    from model.unified.sampling import write_reflections
+    from model.unified.vq import encode
+
+    items = suite("dev", per_family=2)
+    prompts = [i.prompt for i in items]
+    codes = encode(shipped.vq, np.stack(shipped.draw(prompts, [i.seed for i in items]))).tolist()
+    prefixes = [shipped.layout.reflect_prefix(p, c) for p, c in zip(prompts, codes)]
+    chunked = write_reflections(shipped.lm, shipped.layout, prefixes, chunk=8)
+    whole = write_reflections(shipped.lm, shipped.layout, prefixes, chunk=1000)
+    lengths = [len(t.split()) for t in whole[0]]
+    assert max(lengths) - min(lengths) > 8  # some rows left the batch chunks before others
+    assert chunked[0] == whole[0]
+    assert chunked[1] == pytest.approx(whole[1], abs=1e-5)
