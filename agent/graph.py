@@ -35,7 +35,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Overwrite, Send, interrupt
 from pydantic import BaseModel
 
-from agent.round import Candidate, by_person, critiqued, kept, made
+from agent.round import Candidate, by_person, critiqued, kept, made, verified
 from agent.store import RunStore
 from agent.trajectory import RoundRecord
 from model.worker import BatchedWorker, Crowd
@@ -147,7 +147,7 @@ def build_graph(rt: Runtime, checkpointer=None, review: bool = False):
             image, role = await rt.generator((task.prompt, task.seed)), "generate"
         else:
             source = await asyncio.to_thread(rt.store.load_image, task.source)
-            past = await asyncio.to_thread(earlier_rounds, rt, task.session_id, task.round - 1)
+            past = await asyncio.to_thread(earlier_rounds, rt, task.session_id, task.round - 1) if rt.history else None
             image, role = await rt.editor((source, task.instruction, task.seed, task.prompt, past)), "edit"
         seconds = time.perf_counter() - t0
         result = Candidate(round=task.round, index=task.index, image=await asyncio.to_thread(rt.store.put_image, image),
@@ -160,26 +160,19 @@ def build_graph(rt: Runtime, checkpointer=None, review: bool = False):
                                         "judge_seconds": time.perf_counter() - t0})
 
     def new_round(state: LoopState, candidates: list[Candidate]) -> dict:
-        """The new round in flight, the judge's pick as its image, its ground truth where known."""
+        """The new round in flight, the judge's pick as its image. Without a verifier, a task makes the
+        judge's verdict its ground truth; a verifier's is taken beside the critic's call (critique)."""
         judged = rt.judge is not None
-        best, correct = kept(candidates, judged), None
-        if rt.verifier is not None:
-            correct = bool(rt.verifier(state.prompt, rt.store.load_image(best.image)))
-        elif judged and rt.task is not None:  # no exact verdict: the judge's, where there is a judge
-            correct = best.score >= rt.task.judge_threshold
-        rnd = made(candidates, best, judged, correct, verified=rt.verifier is not None)
+        best = kept(candidates, judged)
+        by_judge = judged and rt.task is not None and rt.verifier is None
+        rnd = made(candidates, best, judged, best.score >= rt.task.judge_threshold if by_judge else None)
         scores = [*state.scores, best.score] if judged else state.scores
         return {"round": rnd.model_dump(), "revisions": best.round, "scores": scores, "tasks": []}
-
-    async def keep(state: LoopState, candidates: list[Candidate]) -> dict:
-        # The image read and the verifier's parse, off the event loop: run on it, they stall every
-        # other session, and the model workers' batches go out half full.
-        return await asyncio.to_thread(new_round, state, candidates)
 
     async def open_round(state: LoopState, round_index: int) -> dict:
         tasks = plan(state, round_index)
         if len(tasks) == 1:
-            return await keep(state, [await make_candidate(tasks[0])])
+            return new_round(state, [await make_candidate(tasks[0])])
         return {"tasks": [t.model_dump() for t in tasks], "candidates": Overwrite([])}
 
     async def generate(state: LoopState) -> dict:
@@ -190,16 +183,25 @@ def build_graph(rt: Runtime, checkpointer=None, review: bool = False):
         return {"candidates": [result.model_dump()]}
 
     async def pick_node(state: LoopState) -> dict:
-        return await keep(state, [Candidate.model_validate(c) for c in state.candidates])
+        return new_round(state, [Candidate.model_validate(c) for c in state.candidates])
 
     async def critique(state: LoopState) -> dict:
-        """The critic's reflection on the round in flight, then whether to stop."""
+        """The critic's reflection on the round in flight, then whether to stop. The verifier's ground
+        truth (recorded, never steering) is taken meanwhile in a thread: on the path between two model
+        batches, 32 sessions' parses held the model up (bench --perf)."""
         rnd = state.current
         image = await asyncio.to_thread(rt.store.load_image, rnd.image)
-        past = await asyncio.to_thread(earlier_rounds, rt, state.session_id, state.revisions)
+        past = await asyncio.to_thread(earlier_rounds, rt, state.session_id, state.revisions) if rt.history else None
+        truth = None
+        if rt.verifier is not None and "verifier" not in rnd.rewards:
+            truth = asyncio.ensure_future(asyncio.to_thread(rt.verifier, state.prompt, image))
         t0 = time.perf_counter()
-        text = await rt.critic((state.prompt, image, past))
-        rnd = critiqued(rnd, text, time.perf_counter() - t0, rt.parse_critique)
+        try:
+            text = await rt.critic((state.prompt, image, past))
+            seconds = time.perf_counter() - t0
+        finally:
+            rnd = rnd if truth is None else verified(rnd, bool(await truth))
+        rnd = critiqued(rnd, text, seconds, rt.parse_critique)
         stop = rt.policy.decide(state.revisions, rnd.verdict, state.scores, rnd.critique_error, rnd.instruction)
         return {"round": rnd.model_dump(), "stop_reason": stop}
 

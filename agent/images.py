@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
+from collections import OrderedDict
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -56,3 +58,32 @@ def load_png(root: Path, rel: str) -> np.ndarray:
         raise StoreError(f"no image {rel!r} in run {root}") from None
     except OSError as e:
         raise StoreError(f"cannot read image {path}: {e}") from e
+
+
+class RecentImages:
+    """The images this process wrote last, by path, up to `budget` bytes: a session reads its image
+    back at once (the verifier, then the critic or the editor), and 32 sessions decoding PNGs they
+    had just encoded held the model up between batches (measured in `refloop bench --perf`).
+    Safe to share: a path names its pixels, and the arrays handed out are read-only."""
+
+    def __init__(self, budget: int = 32 << 20):
+        self.budget, self.size = budget, 0
+        self._images: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, rel: str, image: np.ndarray) -> None:
+        pixels = image.copy()
+        pixels.flags.writeable = False
+        with self._lock:
+            if rel in self._images or pixels.nbytes > self.budget:
+                return
+            self._images[rel], self.size = pixels, self.size + pixels.nbytes
+            while self.size > self.budget:
+                self.size -= self._images.popitem(last=False)[1].nbytes
+
+    def get(self, rel: str) -> np.ndarray | None:
+        with self._lock:
+            image = self._images.get(rel)
+            if image is not None:
+                self._images.move_to_end(rel)
+            return image

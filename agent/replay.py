@@ -12,8 +12,6 @@ with one, round K's critique is the person's and the loop goes on from it.
 
 from __future__ import annotations
 
-from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-
 from agent.graph import Runtime, build_graph
 from agent.review import human_critique_update
 from agent.runner import CHECKPOINTS, open_checkpointer
@@ -109,7 +107,7 @@ async def fork_session(rt: Runtime, parent_id: str, round_index: int, critique: 
         await graph.ainvoke(None, {**config, "recursion_limit": rt.recursion_limit}, durability="sync")
         return rt.store.get(new_id)
     finally:
-        await saver.conn.close()
+        await saver.close()
 
 
 async def resume_fork(rt: Runtime, session_id: str) -> SessionRecord:
@@ -119,7 +117,7 @@ async def resume_fork(rt: Runtime, session_id: str) -> SessionRecord:
         raise ReplayError(f"session {session_id} is not a fork")
     if record.status != "running":
         return record
-    saver: AsyncSqliteSaver = await open_checkpointer(rt.store.root / CHECKPOINTS)
+    saver = await open_checkpointer(rt.store.root / CHECKPOINTS)
     try:
         graph = build_graph(rt, saver)
         mine = [s for s in await _history(graph, root_thread(rt, session_id))
@@ -130,4 +128,4 @@ async def resume_fork(rt: Runtime, session_id: str) -> SessionRecord:
         await graph.ainvoke(None, config, durability="sync")
         return rt.store.get(session_id)
     finally:
-        await saver.conn.close()
+        await saver.close()

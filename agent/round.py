@@ -42,12 +42,11 @@ def kept(candidates: list[Candidate], judged: bool) -> Candidate:
     return candidates[pick([c.score for c in candidates])] if judged else candidates[0]
 
 
-def made(candidates: list[Candidate], best: Candidate, judged: bool, correct: bool | None,
-         verified: bool) -> RoundRecord:
+def made(candidates: list[Candidate], best: Candidate, judged: bool, correct: bool | None) -> RoundRecord:
     """The round as made, with `best` as its image; every model call is counted. `correct` is the
-    verifier's verdict when `verified`, else the judge's (or None)."""
+    judge's verdict (or None): a verifier's comes with the critique (`verified`)."""
     candidates = sorted(candidates, key=lambda c: c.index)
-    rewards = {"verifier": float(correct)} if verified else {}
+    rewards = {}
     timings = {best.role: max(c.seconds for c in candidates)}  # branches run side by side
     calls = {"generator" if best.role == "generate" else "editor": len(candidates)}
     if judged:
@@ -58,6 +57,11 @@ def made(candidates: list[Candidate], best: Candidate, judged: bool, correct: bo
                        calls=calls, candidates=[c.image for c in candidates] if wide else [],
                        candidate_scores=[c.score for c in candidates] if wide and judged else [],
                        judge_reason=best.reason or None)
+
+
+def verified(rnd: RoundRecord, ok: bool) -> RoundRecord:
+    """The round with the verifier's ground truth: recorded as `correct` and as a reward."""
+    return rnd.model_copy(update={"correct": ok, "rewards": {"verifier": float(ok), **rnd.rewards}})
 
 
 def critiqued(rnd: RoundRecord, text: str, seconds: float, parse: Callable[[str], Critique]) -> RoundRecord:

@@ -10,14 +10,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import aiosqlite
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
-from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.types import Command
 
+from agent import checkpoints
 from agent.config import RunConfig
 from agent.graph import LoopState, Runtime, build_graph
 from agent.review import Reviewer, ask
+from agent.round import verified
 from agent.trajectory import RoundRecord, SessionRecord, SessionSpec
 from model.backends import load_critic, load_image_model, load_judge
 from model.roles import Critic, Editor, Generator, Judge
@@ -32,14 +32,9 @@ CHECKPOINTS = "checkpoints.sqlite"
 __all__ = ["CHECKPOINTS", "SessionSpec", "load_models", "make_runtime", "run_sessions"]
 
 
-async def open_checkpointer(path: Path) -> AsyncSqliteSaver:
-    conn = await aiosqlite.connect(path)
-    await conn.execute("PRAGMA journal_mode=WAL")
-    await conn.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable at each commit, minus fsync storms
+async def open_checkpointer(path: Path) -> checkpoints.ThreadedSqliteSaver:
     # the one type of ours in checkpoints, registered: LangGraph will refuse unregistered ones
-    saver = AsyncSqliteSaver(conn, serde=JsonPlusSerializer(allowed_msgpack_modules=[LoopState]))
-    await saver.setup()
-    return saver
+    return await checkpoints.open_checkpointer(path, JsonPlusSerializer(allowed_msgpack_modules=[LoopState]))
 
 
 async def run_sessions(rt: Runtime, specs: list[SessionSpec], concurrency: int = 32,
@@ -77,8 +72,8 @@ async def run_sessions(rt: Runtime, specs: list[SessionSpec], concurrency: int =
             record = rt.store.get(spec.id)
         except Exception as e:  # noqa: BLE001 - one session's failure must not sink the others
             in_flight = (await graph.aget_state(config)).values.get("round")  # as far as it got
-            record = rt.store.fail_session(spec.id, f"{type(e).__name__}: {e}",
-                                           RoundRecord.model_validate(in_flight) if in_flight else None)
+            last = await asyncio.to_thread(with_truth, rt, spec.prompt, in_flight)
+            record = rt.store.fail_session(spec.id, f"{type(e).__name__}: {e}", last)
         if on_done:
             on_done(record)
         return record
@@ -86,10 +81,19 @@ async def run_sessions(rt: Runtime, specs: list[SessionSpec], concurrency: int =
     try:
         return await asyncio.gather(*(one(s) for s in specs))
     finally:
-        await saver.conn.close()
+        await saver.close()
         for worker in (rt.generator, rt.editor, rt.critic, rt.judge):
             if worker is not None:
                 await worker.close()
+
+
+def with_truth(rt: Runtime, prompt: str, in_flight: dict | None) -> RoundRecord | None:
+    """The round in flight of a failed session, with the verifier's ground truth when the critique
+    that takes it (agent/graph.py) did not get that far."""
+    rnd = RoundRecord.model_validate(in_flight) if in_flight else None
+    if rnd is None or rt.verifier is None or "verifier" in rnd.rewards:
+        return rnd
+    return verified(rnd, bool(rt.verifier(prompt, rt.store.load_image(rnd.image))))
 
 
 def make_runtime(store, generator, editor, critic, policy, judge=None, verifier=None, max_batch: int = 32,

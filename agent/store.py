@@ -32,14 +32,13 @@ import numpy as np
 from pydantic import ValidationError
 
 from agent.files import StoreError, atomic_write, first_problem
-from agent.images import check_image_array, image_path, load_png, put_png
+from agent.images import RecentImages, check_image_array, image_path, load_png, put_png
 from agent.lock import RunBusy, WriterLock
 from agent.trajectory import RoundRecord, RunManifest, SessionRecord, is_safe_id
 
 MANIFEST = "manifest.json"
 JSONL = "sessions.jsonl"
 JSONL_EVERY = 2.0  # seconds between refreshes of sessions.jsonl as sessions end: each reads every session
-
 
 __all__ = ["RunBusy", "RunStore", "StoreError", "atomic_write"]
 
@@ -57,6 +56,7 @@ class RunStore:
         self.manifest = manifest
         self._lock_held = lock
         self._jsonl_at = float("-inf")  # monotonic time of this store's last sessions.jsonl
+        self._recent = RecentImages()  # what this writer put, read back without the PNG
 
     @property
     def writer(self) -> bool:
@@ -149,13 +149,15 @@ class RunStore:
         """Store an (H, W, 3) uint8 image; return its run-relative path (the same pixels, the same path)."""
         check_image_array(image)
         self._writable()
-        return put_png(self.root, image)
+        self._recent.put(rel := put_png(self.root, image), image)
+        return rel
 
     def image_path(self, rel: str) -> Path:
         return image_path(self.root, rel)
 
     def load_image(self, rel: str) -> np.ndarray:
-        return load_png(self.root, rel)
+        recent = self._recent.get(rel)
+        return recent if recent is not None else load_png(self.root, rel)
 
     # -- sessions --------------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """A batched worker: many sessions call one model; calls are merged into batches.
 
 Callers `await worker(item)`. The worker collects items until the batch is full or no more
-can come, runs `fn(batch)` in a thread (so the event loop keeps scheduling other sessions),
+can come, runs `fn(batch)` in a thread of its own (so the event loop keeps scheduling other sessions),
 and hands each caller its own result. One batch runs at a time per worker, which bounds
 memory; errors reach exactly the callers of that batch.
 
@@ -25,6 +25,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pydantic import BaseModel
@@ -141,9 +142,11 @@ class BatchedWorker:
         self.turn = turn
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
+        self._thread: ThreadPoolExecutor | None = None  # the model's own: never queued behind sessions' file I/O
 
     async def __call__(self, item: Any) -> Any:
         if self._task is None or self._task.done():
+            self._thread = self._thread or ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{self.name}")
             self._queue = asyncio.Queue()
             self._task = asyncio.get_running_loop().create_task(self._serve(), name=f"worker-{self.name}")
         future = asyncio.get_running_loop().create_future()
@@ -184,7 +187,7 @@ class BatchedWorker:
         items, futures = [b[0] for b in batch], [b[1] for b in batch]
         t0 = time.perf_counter()
         try:
-            results = await asyncio.to_thread(self._timed, items)
+            results = await asyncio.get_running_loop().run_in_executor(self._thread, self._timed, items)
             if len(results) != len(items):
                 raise RuntimeError(f"{self.name}: {len(results)} results for {len(items)} inputs")
         except Exception as e:  # noqa: BLE001 - handed to the callers of this batch
@@ -217,3 +220,6 @@ class BatchedWorker:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        if self._thread is not None:
+            self._thread.shutdown()
+            self._thread = None

@@ -95,3 +95,39 @@ def test_models_of_this_machine_take_turns_and_a_served_one_does_not(tmp_path, i
     assert local.generator.turn is local.editor.turn is local.critic.turn is not None
     served = make_runtime(new_store(tmp_path / "b"), image_model, image_model, Served({}), StopPolicy())
     assert served.critic.turn is None and served.generator.turn is not None
+
+
+def test_the_verifier_checks_the_round_while_the_critic_writes(tmp_path, image_model):
+    """Ground truth is taken beside the critic's call, not on the path between two model batches: the
+    critic here answers only once the verifier has begun, and the round records both."""
+    import threading
+
+    checking = threading.Event()
+
+    class WaitingCritic:
+        def critique(self, prompts, images):
+            assert checking.wait(5), "the verifier did not run while the critic did"
+            return [RIGHT for _ in prompts]
+
+    def verifier(prompt, image):
+        checking.set()
+        return check_image(prompt, image).ok
+
+    rt = make_runtime(new_store(tmp_path / "run"), image_model, image_model, WaitingCritic(),
+                      StopPolicy(max_rounds=1), verifier=verifier)
+    [record] = asyncio.run(run_sessions(rt, [SessionSpec(id="s0", prompt="a red circle", seed=0)]))
+    assert record.status == "done" and record.stop_reason == "critic_satisfied"
+    rnd = record.rounds[0]
+    assert rnd.correct is not None and rnd.rewards["verifier"] == float(rnd.correct)
+
+
+def test_a_session_whose_critic_fails_keeps_its_image_s_ground_truth(tmp_path, image_model):
+    class BrokenCritic:
+        def critique(self, prompts, images):
+            raise RuntimeError("the critic broke")
+
+    rt = make_runtime(new_store(tmp_path / "run"), image_model, image_model, BrokenCritic(),
+                      StopPolicy(max_rounds=1), verifier=lambda p, img: check_image(p, img).ok)
+    [record] = asyncio.run(run_sessions(rt, [SessionSpec(id="s0", prompt="a red circle", seed=0)]))
+    assert record.status == "failed" and "the critic broke" in record.error
+    assert record.rounds[0].correct is not None and "verifier" in record.rounds[0].rewards

@@ -129,7 +129,7 @@ def test_a_checkpoint_without_the_round_in_state_is_refused_in_one_line(finished
             snap = next(h for h in history if h.values.get("revisions") == 0 and h.next == ("critique",))
             await graph.aupdate_state(snap.config, {"round": None}, as_node="generate")
         finally:
-            await saver.conn.close()
+            await saver.close()
             for w in (rt.generator, rt.editor, rt.critic):
                 await w.close()
 
@@ -174,7 +174,7 @@ async def _state(store, image_model, thread):
         graph = build_graph(runtime(store, image_model, ScriptedCritic([])), saver)
         return (await graph.aget_state({"configurable": {"thread_id": thread}})).values
     finally:
-        await saver.conn.close()
+        await saver.close()
 
 
 async def _fork_with(store, image_model, critic):

@@ -176,7 +176,7 @@ def test_the_round_in_review_is_in_the_checkpoint_and_not_yet_in_the_store(tmp_p
         try:
             return await build_graph(rt, saver, review=True).aget_state({"configurable": {"thread_id": "s0"}})
         finally:
-            await saver.conn.close()
+            await saver.close()
 
     snapshot = asyncio.run(paused())
     assert snapshot.next == ("review",)

@@ -178,3 +178,26 @@ def test_a_turn_serves_one_event_loop_after_another():
             await worker.close()
             return out
         assert asyncio.run(main()) == [k, k + 1]
+
+
+def test_a_model_call_does_not_queue_behind_the_sessions_file_io():
+    """The default executor full of slow session work (image writes, say): a batch still starts at once,
+    on the worker's own thread."""
+    import threading
+
+    release = threading.Event()
+
+    async def main():
+        worker = BatchedWorker("double", lambda batch: [2 * x for x in batch])
+        loop = asyncio.get_running_loop()
+        slow = [loop.run_in_executor(None, release.wait, 5) for _ in range(64)]  # more than the pool's threads
+        t0 = time.perf_counter()
+        result = await worker(21)
+        waited = time.perf_counter() - t0
+        release.set()
+        await asyncio.gather(*slow)
+        await worker.close()
+        return result, waited
+
+    result, waited = asyncio.run(main())
+    assert result == 42 and waited < 2  # queued behind the busy pool, it would wait the whole 5 s
