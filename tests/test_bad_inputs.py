@@ -42,6 +42,8 @@ CASES = [
      "selfplay.temperature must be more than 0"),
     (["world", "train", "unified", "--config", "{t}/in/flawed.yaml", "--work", "{t}/w"],
      "selfplay.flawed must be at least 0"),
+    (["world", "train", "unified", "--config", "{t}/in/rounds.yaml", "--work", "{t}/w"],
+     "selfplay.guidance lists 2 values for 3 rounds"),
     (["world", "generate", "a circle", "--out", "{t}"], "is a directory"),
     (["world", "generate", "a circle", "--out", "{t}/x.png", "--model", "{t}/badmodel"], "badmodel"),
     (["run", "a circle", "--config", "{t}/in/badmodel.yaml"], "badmodel"),
@@ -141,6 +143,7 @@ def write_inputs(t):
         "wide.yaml": "search: {best_of: 1000, judge: verifier}\n",
         "judge.yaml": "search: {best_of: 2, judge: oracle}\n",
         "coldplay.yaml": "selfplay: {temperature: 0}\n", "flawed.yaml": "selfplay: {flawed: -1}\n",
+        "rounds.yaml": "selfplay: {rounds: 3, guidance: [2.5, 1.5]}\n",
     }
     for name, text in files.items():
         (d / name).write_text(text)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from model.unified.bundle import FALLBACK, Sampling, UnifiedModel
 from model.unified.calibrate import choose_sampling
@@ -75,3 +76,14 @@ def test_a_broken_sampling_file_is_a_one_line_error_naming_it(tiny_models, tmp_p
                                           "--out", str(tmp_path / "o.png")])
         assert result.exit_code == 2 and "sampling.json" in result.output, result.output
         assert not (tmp_path / "o.png").exists()
+
+
+def test_self_play_rounds_may_each_draw_their_own_way():
+    from model.unified.config import SelfPlayConfig
+
+    plain = SelfPlayConfig(rounds=2, guidance=2.5, temperature=0.6)
+    assert plain.drawing(0) == plain.drawing(1) == (2.5, 0.6)
+    listed = SelfPlayConfig(rounds=3, guidance=[2.5, 2.5, 1.5], temperature=0.6)
+    assert [listed.drawing(r) for r in range(3)] == [(2.5, 0.6), (2.5, 0.6), (1.5, 0.6)]
+    with pytest.raises(ValueError, match="selfplay.temperature lists 1 values for 3 rounds"):
+        SelfPlayConfig(rounds=3, temperature=[0.6])

@@ -3,9 +3,10 @@ reflection data from the model's own images. One pydantic schema, every key vali
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from model.recipe import Strict, YamlConfig
 
@@ -69,12 +70,30 @@ class SelfPlayConfig(Strict):
     own_share: float = Field(0.5, ge=0, le=1)  # share of batches made of own images (the rest: the synthetic mix)
     flawed: int = Field(0, ge=0)  # reflections on patch-level hybrids (flaws.py) added to each round's own rows
     lr: float = Field(5e-4, gt=0)
-    guidance: float = Field(1.5, ge=0)  # the own drawings' settings
-    temperature: float = Field(1.0, gt=0)
+    # the own drawings' settings: one for every round, or a list of one per round
+    guidance: float | list[float] = 1.5
+    temperature: float | list[float] = 1.0
     # a wrong image whose fixing edit its own revise did not carry out is labelled `edit: regenerate`
     regenerate_unmade_edits: bool = False
     # then the verdict gate's threshold, on this many own drawings of train prompts (0: no gate, 0.5)
     calibration_images: int = Field(512, ge=0)
+
+    @model_validator(mode="after")
+    def _drawing_settings(self) -> SelfPlayConfig:
+        for name, least in (("guidance", "at least 0"), ("temperature", "more than 0")):
+            value = getattr(self, name)
+            if isinstance(value, list) and len(value) != self.rounds:
+                raise ValueError(f"selfplay.{name} lists {len(value)} values for {self.rounds} rounds: give one "
+                                 "per round, or one number for all")
+            for v in value if isinstance(value, list) else [value]:
+                if not math.isfinite(v) or v < 0 or (v == 0 and name == "temperature"):
+                    raise ValueError(f"selfplay.{name} must be {least}, got {v}")
+        return self
+
+    def drawing(self, r: int) -> tuple[float, float]:
+        """Round r's (guidance, temperature) of its own drawings."""
+        pick = lambda v: v[r] if isinstance(v, list) else v  # noqa: E731
+        return pick(self.guidance), pick(self.temperature)
 
 
 class DecodingConfig(Strict):

@@ -81,8 +81,9 @@ def train_unified(cfg: UnifiedConfig, work: Path, export: Path | None = None, de
         data = work / f"selfplay{r}-data.pt"
         with ranks.alone() as mine:
             if mine and not data.is_file():
-                model = UnifiedModel(lm, tok, vq, Sampling(guidance=sp.guidance, temperature=sp.temperature))
-                rows, stats = own_rows(model, sp.images, sp.guidance, cfg.seed + r, log=log,
+                guidance, temperature = sp.drawing(r)
+                model = UnifiedModel(lm, tok, vq, Sampling(guidance=guidance, temperature=temperature))
+                rows, stats = own_rows(model, sp.images, guidance, cfg.seed + r, log=log,
                                        regenerate_unmade=sp.regenerate_unmade_edits)
                 if sp.flawed:
                     more, flawed = flawed_rows(model, sp.flawed, cfg.seed + r)
