@@ -93,7 +93,10 @@ def with_truth(rt: Runtime, prompt: str, in_flight: dict | None) -> RoundRecord 
     rnd = RoundRecord.model_validate(in_flight) if in_flight else None
     if rnd is None or rt.verifier is None or "verifier" in rnd.rewards:
         return rnd
-    return verified(rnd, bool(rt.verifier(prompt, rt.store.load_image(rnd.image))))
+    try:
+        return verified(rnd, bool(rt.verifier(prompt, rt.store.load_image(rnd.image))))
+    except Exception:  # noqa: BLE001 - the verifier may be what failed: record the round as it is
+        return rnd
 
 
 def make_runtime(store, generator, editor, critic, policy, judge=None, verifier=None, max_batch: int = 32,

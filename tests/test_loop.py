@@ -131,3 +131,19 @@ def test_a_session_whose_critic_fails_keeps_its_image_s_ground_truth(tmp_path, i
     [record] = asyncio.run(run_sessions(rt, [SessionSpec(id="s0", prompt="a red circle", seed=0)]))
     assert record.status == "failed" and "the critic broke" in record.error
     assert record.rounds[0].correct is not None and "verifier" in record.rounds[0].rewards
+
+
+def test_a_verifier_that_breaks_fails_its_session_and_not_the_run(tmp_path, image_model):
+    def verifier(prompt, image):
+        if prompt == "a square":
+            raise RuntimeError("the verifier broke")
+        return check_image(prompt, image).ok
+
+    rt = make_runtime(new_store(tmp_path / "run"), image_model, image_model,
+                      ScriptedCritic({"a square": [RIGHT], "a circle": [RIGHT]}), StopPolicy(max_rounds=1),
+                      verifier=verifier)
+    specs = [SessionSpec(id="s0", prompt="a square", seed=0), SessionSpec(id="s1", prompt="a circle", seed=1)]
+    records = {r.id: r for r in asyncio.run(run_sessions(rt, specs))}
+    assert records["s0"].status == "failed" and "the verifier broke" in records["s0"].error
+    assert records["s0"].rounds[0].correct is None
+    assert records["s1"].status == "done" and records["s1"].rounds[0].correct is not None
