@@ -10,7 +10,7 @@ import pytest
 
 from model.unified.bundle import FALLBACK, Sampling, UnifiedModel
 from model.unified.calibrate import choose_sampling
-from model.unified.config import DecodingConfig
+from model.unified.config import DecodingConfig, SelfPlayConfig
 from world import render, scene_for_prompt
 
 
@@ -87,3 +87,33 @@ def test_self_play_rounds_may_each_draw_their_own_way():
     assert [listed.drawing(r) for r in range(3)] == [(2.5, 0.6), (2.5, 0.6), (1.5, 0.6)]
     with pytest.raises(ValueError, match="selfplay.temperature lists 1 values for 3 rounds"):
         SelfPlayConfig(rounds=3, temperature=[0.6])
+
+
+def test_reflections_of_the_rarer_verdict_are_repeated_until_both_are_as_frequent():
+    from model.unified.selfplay import balance_verdicts, verdict_of
+    from model.unified.sequences import Layout
+    from model.unified.tasks import reading_order
+    from model.unified.vocab import build_tokenizer, corpus
+    from tasks.shapeworld import label_critique
+    from world import parse_image
+
+    layout = Layout(build_tokenizer(32, corpus(20)))
+    image = render([scene_for_prompt("a red circle", np.random.default_rng(0))])[0]
+    seen = reading_order(parse_image(image).objects)
+    codes = list(range(64))
+
+    def reflection(prompt):
+        return layout.example("reflect", prompt, codes, None, label_critique(prompt, seen).text)
+
+    right, wrong = reflection("a red circle"), reflection("a blue square")
+    draw = layout.example("draw", "a red circle", None, codes, None)
+    assert (verdict_of(right[0], layout), verdict_of(wrong[0], layout), verdict_of(draw[0], layout)) == \
+        ("right", "wrong", None)
+    rows = [right, right, right, draw, wrong]
+    out = balance_verdicts(rows, layout)
+    assert out[:5] == rows and out[5:] == [wrong, wrong]  # 3 right, 3 wrong; the other rows as they were
+    assert balance_verdicts([right, draw], layout) == [right, draw]  # no wrong one to repeat
+    with pytest.raises(ValueError, match="selfplay.balance_verdicts lists 2 values for 3 rounds"):
+        SelfPlayConfig(rounds=3, balance_verdicts=[True, False])
+    assert [SelfPlayConfig(rounds=2, balance_verdicts=[False, True]).per_round("balance_verdicts", r)
+            for r in range(2)] == [False, True]

@@ -75,25 +75,33 @@ class SelfPlayConfig(Strict):
     temperature: float | list[float] = 1.0
     # a wrong image whose fixing edit its own revise did not carry out is labelled `edit: regenerate`
     regenerate_unmade_edits: bool = False
+    # reflections of the rarer verdict repeated to match the other's count (one for all rounds, or per round)
+    balance_verdicts: bool | list[bool] = False
     # then the verdict gate's threshold, on this many own drawings of train prompts (0: no gate, 0.5)
     calibration_images: int = Field(512, ge=0)
 
     @model_validator(mode="after")
-    def _drawing_settings(self) -> SelfPlayConfig:
-        for name, least in (("guidance", "at least 0"), ("temperature", "more than 0")):
+    def _per_round_settings(self) -> SelfPlayConfig:
+        for name in ("guidance", "temperature", "balance_verdicts"):
             value = getattr(self, name)
             if isinstance(value, list) and len(value) != self.rounds:
                 raise ValueError(f"selfplay.{name} lists {len(value)} values for {self.rounds} rounds: give one "
-                                 "per round, or one number for all")
+                                 "per round, or one value for all")
+        for name, least in (("guidance", "at least 0"), ("temperature", "more than 0")):
+            value = getattr(self, name)
             for v in value if isinstance(value, list) else [value]:
                 if not math.isfinite(v) or v < 0 or (v == 0 and name == "temperature"):
                     raise ValueError(f"selfplay.{name} must be {least}, got {v}")
         return self
 
+    def per_round(self, name: str, r: int):
+        """Round r's value of a setting given once for all rounds or as a list of one per round."""
+        value = getattr(self, name)
+        return value[r] if isinstance(value, list) else value
+
     def drawing(self, r: int) -> tuple[float, float]:
         """Round r's (guidance, temperature) of its own drawings."""
-        pick = lambda v: v[r] if isinstance(v, list) else v  # noqa: E731
-        return pick(self.guidance), pick(self.temperature)
+        return self.per_round("guidance", r), self.per_round("temperature", r)
 
 
 class DecodingConfig(Strict):

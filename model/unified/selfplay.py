@@ -87,6 +87,31 @@ def mixed_batch(rows: list, own_share: float, seed: int, step: int, synthetic, l
     return synthetic(step)
 
 
+def balance_verdicts(rows: list, layout) -> list:
+    """Reflection rows of the rarer verdict repeated (in order) until both verdicts are as frequent.
+    As the model draws better most own drawings are right, and a critic taught on them calls wrong
+    ones right (round 4 at 66% right: dev false right 0.157 -> 0.257)."""
+    said = {"right": [], "wrong": []}
+    for row in rows:
+        verdict = verdict_of(row[0], layout)
+        if verdict:
+            said[verdict].append(row)
+    few, many = sorted(said.values(), key=len)
+    if not few:
+        return rows
+    return rows + [few[i % len(few)] for i in range(len(many) - len(few))]
+
+
+def verdict_of(ids: list[int], layout) -> str | None:
+    """The verdict a reflection row writes ("right" / "wrong"), None for other tasks."""
+    if not ids or ids[0] != layout.task["reflect"]:
+        return None
+    for a, b, c in zip(ids, ids[1:], ids[2:]):
+        if a == layout.verdict_word and b == layout.colon and c in (layout.right_word, layout.wrong_word):
+            return "right" if c == layout.right_word else "wrong"
+    return None
+
+
 def save_rows(path, rows, stats) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save({"rows": rows, "stats": stats}, tmp)

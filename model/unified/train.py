@@ -27,7 +27,7 @@ from model.unified.bundle import DEFAULT_MODEL, Sampling, UnifiedModel
 from model.unified.calibrate import calibrate, choose_sampling
 from model.unified.config import UnifiedConfig
 from model.unified.flaws import flawed_rows
-from model.unified.selfplay import mixed_batch, own_rows, save_rows
+from model.unified.selfplay import balance_verdicts, mixed_batch, own_rows, save_rows
 from model.unified.sequences import Layout
 from model.unified.train_lm import build_lm, synthetic_batch, train_lm
 from model.unified.vocab import build_tokenizer, corpus, own_words, with_words
@@ -91,6 +91,8 @@ def train_unified(cfg: UnifiedConfig, work: Path, export: Path | None = None, de
                     log(f"flawed drawings: {flawed}")
                 save_rows(data, rows, stats)
         saved = torch.load(data, weights_only=False)
+        if sp.per_round("balance_verdicts", r):
+            saved["rows"] = balance_verdicts(saved["rows"], layout)
         offset = lm_cfg.steps + r * sp.steps  # fresh synthetic batches, never the ones seen before
         batches = lambda k, rows=saved["rows"], offset=offset, r=r: mixed_batch(  # noqa: E731
             rows, sp.own_share, cfg.seed + r, k, lambda j: synthetic(offset + j), layout, lm_cfg.batch_size, ranks)
