@@ -154,7 +154,5 @@ def write_reflections(model, layout: Layout, prefixes: list[list[int]], max_new_
 
 def verdict_probability(layout: Layout, row: list[int], logits: list[torch.Tensor]) -> float | None:
     """P(right) of right vs wrong where the reflection writes its verdict (None: it wrote none)."""
-    for k in range(2, len(row)):
-        if row[k - 2] == layout.verdict_word and row[k - 1] == layout.colon:
-            return float(logits[k].float().softmax(-1)[0])
-    return None
+    k = layout.verdict_at(row)
+    return None if k is None else float(logits[k].float().softmax(-1)[0])

@@ -106,10 +106,10 @@ def verdict_of(ids: list[int], layout) -> str | None:
     """The verdict a reflection row writes ("right" / "wrong"), None for other tasks."""
     if not ids or ids[0] != layout.task["reflect"]:
         return None
-    for a, b, c in zip(ids, ids[1:], ids[2:]):
-        if a == layout.verdict_word and b == layout.colon and c in (layout.right_word, layout.wrong_word):
-            return "right" if c == layout.right_word else "wrong"
-    return None
+    k = layout.verdict_at(ids)
+    if k is None or ids[k] not in (layout.right_word, layout.wrong_word):
+        return None
+    return "right" if ids[k] == layout.right_word else "wrong"
 
 
 def save_rows(path, rows, stats) -> None:

@@ -31,6 +31,13 @@ class Layout:
         # a reflection is words: no image codes, no task or span markers
         self.not_text = [i for i in range(CODE0 + self.num_codes) if i != self.eos]
 
+    def verdict_at(self, ids: list[int]) -> int | None:
+        """Index of the token right after `verdict :` in a row (where the verdict is written), or None."""
+        for k in range(2, len(ids)):
+            if ids[k - 2] == self.verdict_word and ids[k - 1] == self.colon:
+                return k
+        return None
+
     def words(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"] if text else []
 
