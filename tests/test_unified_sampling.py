@@ -117,3 +117,24 @@ def test_reflections_of_the_rarer_verdict_are_repeated_until_both_are_as_frequen
         SelfPlayConfig(rounds=3, balance_verdicts=[True, False])
     assert [SelfPlayConfig(rounds=2, balance_verdicts=[False, True]).per_round("balance_verdicts", r)
             for r in range(2)] == [False, True]
+
+
+def test_an_edit_keeps_a_patch_as_often_as_the_model_says_and_writes_its_likeliest_change():
+    """change_temperature 0: the keep-or-change decision is sampled (P(keep) = the source code's
+    probability), and a changed patch gets the likeliest other code, never a tail sample."""
+    import torch
+
+    from model.unified.sampling import ImageSpanSampler
+    from model.unified.vocab import CODE0
+
+    n, codes, eoi = 400, 8, 1
+    probs = torch.tensor([0.3, 0.4, 0.1, 0.1, 0.05, 0.05, 0.0, 0.0])  # source code 0, likeliest other 1
+    scores = torch.full((n, CODE0 + codes), -1e9)
+    scores[:, CODE0:] = probs.clamp(min=1e-9).log()
+    sources = torch.zeros((n, 64), dtype=torch.long)
+    picked = {}
+    for change in (0.0, 1.0):
+        sampler = ImageSpanSampler(0, n, codes, eoi, seeds=list(range(n)), sources=sources, change_temperature=change)
+        picked[change] = sampler(torch.zeros((n, 1), dtype=torch.long), scores.clone()).argmax(-1) - CODE0
+    assert set(picked[0.0].tolist()) == {0, 1} and abs((picked[0.0] == 0).float().mean() - 0.3) < 0.07
+    assert len(set(picked[1.0].tolist())) > 2  # at temperature 1 the tail is sampled too

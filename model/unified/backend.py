@@ -25,7 +25,7 @@ class UnifiedRoles:
         self.path = cfg.path or str(DEFAULT_MODEL)
         self.model, self._lock = _shared(cfg.path, cfg.device)
         self.sampling = Sampling(guidance=cfg.guidance, temperature=cfg.temperature, top_k=cfg.top_k,
-                                 right_threshold=cfg.right_threshold)
+                                 right_threshold=cfg.right_threshold, change_temperature=cfg.change_temperature)
 
     def _call(self, fn, *args):
         with self._lock:

@@ -36,7 +36,8 @@ class Sampling:
     """Decoding settings. None takes the model folder's choice (sampling.json: picked by the recipe on
     its own drawings of train prompts), or FALLBACK's for a folder without one."""
     guidance: float | None = None  # classifier-free guidance of drawings (1: none)
-    temperature: float | None = None  # of drawings; revisions and edits sample at 1 (lower copies the source)
+    temperature: float | None = None  # of drawings; revisions and edits keep a patch or not at 1 (lower copies)
+    change_temperature: float | None = None  # of what a revision or edit writes where it does not copy (0: likeliest)
     top_k: int | None = None  # of drawings (0: all codes)
     right_threshold: float | None = None  # the verdict gate; None: the folder's calibrated one (reflect.json)
 
@@ -44,7 +45,7 @@ class Sampling:
         return Sampling(**{k: getattr(base, k) if v is None else v for k, v in asdict(self).items()})
 
 
-FALLBACK = Sampling(guidance=1.5, temperature=1.0, top_k=0)
+FALLBACK = Sampling(guidance=1.5, temperature=1.0, top_k=0, change_temperature=0.0)
 DRAWING_KEYS = ("guidance", "temperature", "top_k")
 
 
@@ -166,5 +167,6 @@ class UnifiedModel:
 
     def _transform(self, prefixes: list[list[int]], images: list[np.ndarray], seeds: list[int]) -> list[np.ndarray]:
         sources = encode(self.vq, as_canvas(images))
-        codes = sample_image_codes(self.lm, self.layout, prefixes, seeds, sources=sources)
+        codes = sample_image_codes(self.lm, self.layout, prefixes, seeds, sources=sources,
+                                   change_temperature=self.settings.change_temperature)
         return list(decode(self.vq, codes))

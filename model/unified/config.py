@@ -130,5 +130,7 @@ class UnifiedBackendConfig(BaseModel):
     guidance: float | None = Field(None, ge=0, allow_inf_nan=False)  # classifier-free guidance of drawings
     temperature: float | None = Field(None, ge=0, le=10, allow_inf_nan=False)
     top_k: int | None = Field(None, ge=0)
+    # revisions and edits: a changed patch's code at this temperature (0, the default: the likeliest other code)
+    change_temperature: float | None = Field(None, ge=0, le=10, allow_inf_nan=False)
     # the reflection says "right" only when P(right) reaches this; None: the folder's calibrated value
     right_threshold: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)

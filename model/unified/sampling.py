@@ -19,12 +19,16 @@ class ImageSpanSampler(LogitsProcessor):
 
     Rows [0, n) are the conditional rows; with guidance != 1, rows [n, 2n) are their unconditional
     twins and take the same tokens. `sources` (n, 64) makes the span interleaved: s1 t1 s2 t2 ...
+    With `change_temperature`, a written patch first keeps its source code or not (at `temperature`),
+    and a changed one is sampled at `change_temperature` among the other codes.
     """
 
     def __init__(self, start: int, n: int, num_codes: int, eoi: int, seeds: list[int], guidance: float = 1.0,
-                 temperature: float = 1.0, top_k: int = 0, sources: torch.Tensor | None = None):
+                 temperature: float = 1.0, top_k: int = 0, sources: torch.Tensor | None = None,
+                 change_temperature: float | None = None):
         self.start, self.n, self.num_codes, self.eoi = start, n, num_codes, eoi
         self.guidance, self.temperature, self.top_k, self.sources = guidance, temperature, top_k, sources
+        self.change_temperature = change_temperature
         self.length = IMAGE_CODES * (2 if sources is not None else 1)
         self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
 
@@ -38,16 +42,29 @@ class ImageSpanSampler(LogitsProcessor):
             if self.guidance != 1.0 and logits.shape[0] == 2 * self.n:
                 cond, uncond = logits[:self.n], logits[self.n:]
                 logits = uncond + self.guidance * (cond - uncond)
-            chosen = self._sample(logits[:self.n]) + CODE0
+            if self.sources is not None and self.change_temperature is not None:
+                chosen = self._keep_or_change(logits[:self.n], self.sources[:, t // 2].to(logits.device)) + CODE0
+            else:
+                chosen = self._sample(logits[:self.n]) + CODE0
         out = torch.full_like(scores, float("-inf"))
         rows = chosen.to(scores.device).repeat(scores.shape[0] // self.n)
         out[torch.arange(scores.shape[0], device=scores.device), rows] = 0.0
         return out
 
-    def _sample(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.temperature == 0:
+    def _keep_or_change(self, logits: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        rows = torch.arange(len(source), device=logits.device)
+        keep = (logits / max(self.temperature, 1e-6)).softmax(-1)[rows, source].cpu()
+        draws = torch.cat([torch.rand(1, generator=g) for g in self.generators])
+        other = logits.clone()
+        other[rows, source] = float("-inf")
+        changed = self._sample(other, self.change_temperature)
+        return torch.where(draws < keep, source.cpu(), changed)
+
+    def _sample(self, logits: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
+        temperature = self.temperature if temperature is None else temperature
+        if temperature == 0:
             return logits.argmax(-1).cpu()
-        logits = logits / self.temperature
+        logits = logits / temperature
         if self.top_k:
             kth = logits.topk(min(self.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -89,7 +106,8 @@ def left_pad(layout: Layout, rows: list[list[int]], device) -> dict[str, torch.T
 @torch.inference_mode()
 def sample_image_codes(model, layout: Layout, prefixes: list[list[int]], seeds: list[int], *,
                        uncond_prefixes: list[list[int]] | None = None, guidance: float = 1.0,
-                       sources: torch.Tensor | None = None, temperature: float = 1.0, top_k: int = 0) -> torch.Tensor:
+                       sources: torch.Tensor | None = None, temperature: float = 1.0, top_k: int = 0,
+                       change_temperature: float | None = None) -> torch.Tensor:
     """Codes (n, 64) of the images that follow each prefix (a draw, a revision or an edit)."""
     n = len(prefixes)
     rows = prefixes + (uncond_prefixes if guidance != 1.0 and uncond_prefixes else [])
@@ -97,7 +115,7 @@ def sample_image_codes(model, layout: Layout, prefixes: list[list[int]], seeds: 
     batch = left_pad(layout, rows, device)
     start = batch["input_ids"].shape[1]
     sampler = ImageSpanSampler(start, n, layout.num_codes, layout.eoi,
-                               seeds, guidance, temperature, top_k, sources)
+                               seeds, guidance, temperature, top_k, sources, change_temperature)
     out = model.generate(**batch, logits_processor=LogitsProcessorList([sampler]), do_sample=False,
                          max_new_tokens=sampler.length + 1, min_new_tokens=sampler.length + 1,
                          eos_token_id=layout.eoi, pad_token_id=layout.pad)
