@@ -59,10 +59,15 @@ def pin_config(path: Path, cfg: BaseModel) -> None:
         if pinned == cfg:
             return
         old, new = _split_steps(pinned.model_dump()), _split_steps(cfg.model_dump())
-        if old[0] != new[0] or any(new[1][k] < v for k, v in old[1].items()):
+        if old[0] != new[0] or not all(_grew(v, new[1][k]) for k, v in old[1].items()):
             raise ValueError(f"{path.parent} was started with another config ({path}); use a new --work folder "
                              "or delete that one (only step and round counts may grow)")
     atomic_write(path, cfg.model_dump_json(indent=2))
+
+
+def _grew(old, new) -> bool:
+    """A count may grow; a per-round list of counts must stay as it was."""
+    return new >= old if isinstance(old, int) and isinstance(new, int) else new == old
 
 
 def _split_steps(d: dict, at: str = "") -> tuple[dict, dict]:

@@ -97,6 +97,9 @@ def test_a_work_folder_keeps_its_config_but_step_counts_may_grow(tmp_path):
         pin_config(path, TINY)  # fewer steps than already pinned
     more = longer.model_copy(update={"selfplay": longer.selfplay.model_copy(update={"rounds": 2})})
     pin_config(path, more)  # another round of self-play after the first
+    per_round = more.model_copy(update={"selfplay": more.selfplay.model_copy(update={"steps": [2, 4]})})
+    with pytest.raises(ValueError, match="only step and round counts may grow"):
+        pin_config(path, per_round)  # a count turned into a list of counts: not a growth (and no TypeError)
     wider = longer.model_copy(update={"lm": longer.lm.model_copy(update={"hidden_size": 64})})
     with pytest.raises(ValueError, match="another config"):
         pin_config(path, wider)

@@ -87,6 +87,12 @@ def test_self_play_rounds_may_each_draw_their_own_way():
     assert [listed.drawing(r) for r in range(3)] == [(2.5, 0.6), (2.5, 0.6), (1.5, 0.6)]
     with pytest.raises(ValueError, match="selfplay.temperature lists 1 values for 3 rounds"):
         SelfPlayConfig(rounds=3, temperature=[0.6])
+    steps = SelfPlayConfig(rounds=3, steps=[1200, 1200, 2400])
+    assert [steps.per_round("steps", r) for r in range(3)] == [1200, 1200, 2400]
+    assert [steps.steps_before(r) for r in range(4)] == [0, 1200, 2400, 4800]  # where each round's batches start
+    assert SelfPlayConfig(rounds=3, steps=400).steps_before(2) == 800
+    with pytest.raises(ValueError):
+        SelfPlayConfig(rounds=2, steps=[1200, -1])
 
 
 def test_reflections_of_the_rarer_verdict_are_repeated_until_both_are_as_frequent():

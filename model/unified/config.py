@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, model_validator
 
 from model.recipe import Strict, YamlConfig
 
@@ -66,7 +66,7 @@ class SelfPlayConfig(Strict):
     """The OmniGen2 way: the model's own drawings and revisions, labelled by the verifier, mixed back in."""
     rounds: int = Field(1, ge=0)
     images: int = Field(768, ge=0)  # own drawings per round
-    steps: int = Field(400, ge=0)  # training steps per round
+    steps: NonNegativeInt | list[NonNegativeInt] = 400  # training steps: one for every round, or one per round
     own_share: float = Field(0.5, ge=0, le=1)  # share of batches made of own images (the rest: the synthetic mix)
     flawed: int = Field(0, ge=0)  # reflections on patch-level hybrids (flaws.py) added to each round's own rows
     lr: float = Field(5e-4, gt=0)
@@ -82,7 +82,7 @@ class SelfPlayConfig(Strict):
 
     @model_validator(mode="after")
     def _per_round_settings(self) -> SelfPlayConfig:
-        for name in ("guidance", "temperature", "balance_verdicts"):
+        for name in ("steps", "guidance", "temperature", "balance_verdicts"):
             value = getattr(self, name)
             if isinstance(value, list) and len(value) != self.rounds:
                 raise ValueError(f"selfplay.{name} lists {len(value)} values for {self.rounds} rounds: give one "
@@ -98,6 +98,10 @@ class SelfPlayConfig(Strict):
         """Round r's value of a setting given once for all rounds or as a list of one per round."""
         value = getattr(self, name)
         return value[r] if isinstance(value, list) else value
+
+    def steps_before(self, r: int) -> int:
+        """Self-play steps of the rounds before round r."""
+        return sum(self.per_round("steps", k) for k in range(r))
 
     def drawing(self, r: int) -> tuple[float, float]:
         """Round r's (guidance, temperature) of its own drawings."""

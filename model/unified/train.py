@@ -93,11 +93,12 @@ def train_unified(cfg: UnifiedConfig, work: Path, export: Path | None = None, de
         saved = torch.load(data, weights_only=False)
         if sp.per_round("balance_verdicts", r):
             saved["rows"] = balance_verdicts(saved["rows"], layout)
-        offset = lm_cfg.steps + r * sp.steps  # fresh synthetic batches, never the ones seen before
+        offset = lm_cfg.steps + sp.steps_before(r)  # fresh synthetic batches, never the ones seen before
         batches = lambda k, rows=saved["rows"], offset=offset, r=r: mixed_batch(  # noqa: E731
             rows, sp.own_share, cfg.seed + r, k, lambda j: synthetic(offset + j), layout, lm_cfg.batch_size, ranks)
-        record = train_lm(lm, batches, steps=sp.steps, lr=sp.lr, warmup=0, weight_decay=lm_cfg.weight_decay,
-                          state=work / f"selfplay{r}.pt", name=f"self-play {r + 1}", device=dev, log=log, ranks=ranks)
+        record = train_lm(lm, batches, steps=sp.per_round("steps", r), lr=sp.lr, warmup=0,
+                          weight_decay=lm_cfg.weight_decay, state=work / f"selfplay{r}.pt", name=f"self-play {r + 1}",
+                          device=dev, log=log, ranks=ranks)
         stages[f"selfplay{r + 1}"] = {**record, **saved["stats"]}
     out = export or DEFAULT_MODEL
     if ranks.main:
