@@ -281,5 +281,6 @@ def test_the_calibrated_threshold_travels_with_the_folder(tiny_unified, tmp_path
     m.save(tmp_path / "m")
     again = UnifiedModel.load(tmp_path / "m")
     assert again.calibrated_threshold == 0.75 and again.calibration["images"] == 3
+    assert "_name_or_path" not in json.loads((tmp_path / "m" / "vq" / "config.json").read_text())  # no loaded-from path
     forced = UnifiedModel.load(tmp_path / "m", sampling=Sampling(right_threshold=0.0))
     assert forced.sampling.right_threshold == 0.0  # a run config may override the folder's value

@@ -108,6 +108,9 @@ class UnifiedModel:
         self.lm.save_pretrained(tmp)
         self.tok.save_pretrained(tmp)
         self.vq.save_pretrained(tmp / "vq")
+        vq_config = json.loads((tmp / "vq" / "config.json").read_text())
+        vq_config.pop("_name_or_path", None)  # where it was loaded from: not part of the model
+        (tmp / "vq" / "config.json").write_text(json.dumps(vq_config, indent=2, sort_keys=True) + "\n")
         (tmp / "reflect.json").write_text(json.dumps(
             {**self.calibration, "right_threshold": self.calibrated_threshold}, indent=1) + "\n")
         chosen = {k: getattr(self.chosen, k) for k in DRAWING_KEYS}
