@@ -23,7 +23,8 @@ def bad_input(message: str) -> typer.Exit:
 
 
 def load_model(path: Path | None, device: str | None, guidance: float | None = None,
-               right_threshold: float | None = None, temperature: float | None = None):
+               right_threshold: float | None = None, temperature: float | None = None,
+               verdict_votes: int | None = None):
     import math
 
     from model.recipe import pick_device
@@ -35,11 +36,13 @@ def load_model(path: Path | None, device: str | None, guidance: float | None = N
         raise bad_input(f"--temperature must be between 0 and 10, not {temperature}")
     if right_threshold is not None and not 0 <= right_threshold <= 1:
         raise bad_input(f"--right-threshold must be between 0 and 1, not {right_threshold}")
+    if verdict_votes is not None and not 0 <= verdict_votes <= 64:
+        raise bad_input(f"--verdict-votes must be between 0 and 64, not {verdict_votes}")
     try:
         with console.status("loading the unified model"):
             return UnifiedModel.load(path, str(pick_device(device)),
                                      Sampling(guidance=guidance, temperature=temperature,
-                                              right_threshold=right_threshold))
+                                              right_threshold=right_threshold, verdict_votes=verdict_votes))
     except (FileNotFoundError, OSError, ValueError) as e:
         raise bad_input(str(e).splitlines()[0]) from None
 
@@ -86,6 +89,8 @@ def eval_unified_cmd(
     temperature: float = typer.Option(None, help="Temperature of drawings (default: the folder's)."),
     right_threshold: float = typer.Option(None, help="Verdict gate: P(right) needed to say right (default: the "
                                           "folder's calibrated value, reflect.json)."),
+    verdict_votes: int = typer.Option(None, help="P(right) as the share of this many reflections sampled at "
+                                      "temperature 1 that say right; 0: the greedy one's (default: reflect.json)."),
     batch_size: int = typer.Option(32, help="Rows per model call, 1 to 1024."),
     device: str = typer.Option(None, help="cpu or cuda (default: cuda when present)."),
     json_out: Path = typer.Option(None, "--json", help="Also write the report as JSON here."),
@@ -103,11 +108,12 @@ def eval_unified_cmd(
         items = suite(split, per_family)
     except ValueError as e:
         raise bad_input(str(e)) from None
-    m = load_model(model, device, guidance, right_threshold, temperature)
+    m = load_model(model, device, guidance, right_threshold, temperature, verdict_votes)
     report = evaluate(m, items, split, batch_size, log=console.print)
     card = {"split": split, "per_family": per_family, "guidance": m.settings.guidance,
             "temperature": m.settings.temperature,
             "right_threshold": m.calibrated_threshold if right_threshold is None else right_threshold,
+            "verdict_votes": m.calibrated_votes if verdict_votes is None else verdict_votes,
             **summary(report),
             "seconds": round(report.seconds)}
     print_card(card)
@@ -115,7 +121,7 @@ def eval_unified_cmd(
     if json_out:
         json_out.write_text(text)
     if (model is None or model.resolve() == DEFAULT_MODEL.resolve()) and per_family is None \
-            and all(x is None for x in (right_threshold, guidance, temperature)):
+            and all(x is None for x in (right_threshold, guidance, temperature, verdict_votes)):
         (DEFAULT_MODEL / f"eval_{split}.json").write_text(text)  # the shipped model's report card
 
 
@@ -197,11 +203,13 @@ def reflect_cmd(
     prompt: str = typer.Argument(..., help="The prompt the image should satisfy."),
     image: Path = typer.Argument(..., help="A 64x64 PNG."),
     model: Path = typer.Option(None, help="Model folder (default: the shipped model)."),
+    verdict_votes: int = typer.Option(None, help="Reflections sampled to vote on the verdict (default: the "
+                                      "folder's, reflect.json; 0: the greedy one's P(right))."),
     device: str = typer.Option(None),
 ) -> None:
     """The embedded model's reflection on an image: what it sees, what is wrong, its verdict, one edit."""
     source = _image(image)
-    texts, p_right = load_model(model, device).reflect(_prompts([prompt]), [source])
+    texts, p_right = load_model(model, device, verdict_votes=verdict_votes).reflect(_prompts([prompt]), [source])
     console.print(texts[0], markup=False, highlight=False)
     if p_right[0] is not None:
         console.print(f"P(right) = {p_right[0]:.3f}")

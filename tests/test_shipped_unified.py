@@ -111,3 +111,39 @@ def test_rows_that_finish_leave_the_batch_and_the_rest_write_the_same(shipped):
     assert max(lengths) - min(lengths) > 8  # some rows left the batch chunks before others
     assert chunked[0] == whole[0]
     assert chunked[1] == pytest.approx(whole[1], abs=1e-5)
+
+
+def test_verdict_votes_are_shares_of_sampled_reflections_and_the_text_follows_the_vote(shipped):
+    """P(right) is the share of 4 reflections sampled at temperature 1; each row's samples are seeded by
+    the row itself (the same alone or batched, chunked or not); the text's verdict is the vote's."""
+    from model.unified.bundle import Sampling
+    from model.unified.sampling import write_reflections
+    from model.unified.vq import encode
+    from policies.critique import CritiqueError, parse_critique
+
+    rng = np.random.default_rng(3)
+    items = suite("dev", per_family=2)
+    scenes = [scene_for_prompt(it.prompt, rng) for it in items]
+    scenes = [perturb_scene(it.prompt, s, rng)[0] if k % 2 else s for k, (it, s) in enumerate(zip(items, scenes))]
+    prompts, images = [it.prompt for it in items], [render_one(s) for s in scenes]
+    asked = shipped.sampling
+    shipped.sampling = Sampling(verdict_votes=4, right_threshold=0.75)
+    try:
+        texts, shares = shipped.reflect(prompts, images)
+        alone = shipped.reflect(prompts[3:4], images[3:4])
+    finally:
+        shipped.sampling = asked
+    assert set(shares) <= {0.0, 0.25, 0.5, 0.75, 1.0} and len(set(shares)) > 1
+    assert (alone[0][0], alone[1][0]) == (texts[3], shares[3])
+    for text, share in zip(texts, shares):
+        try:
+            assert (parse_critique(text).verdict == "right") == (share >= 0.75), (text, share)
+        except CritiqueError:
+            pass
+    codes = encode(shipped.vq, np.stack(images)).tolist()
+    prefixes = [shipped.layout.reflect_prefix(p, c) for p, c in zip(prompts, codes)]
+    seeds = list(range(len(prefixes)))
+    chunked = write_reflections(shipped.lm, shipped.layout, prefixes, chunk=8, sample_seeds=seeds)
+    whole = write_reflections(shipped.lm, shipped.layout, prefixes, chunk=1000, sample_seeds=seeds)
+    again = write_reflections(shipped.lm, shipped.layout, prefixes, sample_seeds=[s + 100 for s in seeds])
+    assert chunked == whole and chunked[0] != again[0]  # seeded per row, and sampled

@@ -144,3 +144,19 @@ def test_an_edit_keeps_a_patch_as_often_as_the_model_says_and_writes_its_likelie
         picked[change] = sampler(torch.zeros((n, 1), dtype=torch.long), scores.clone()).argmax(-1) - CODE0
     assert set(picked[0.0].tolist()) == {0, 1} and abs((picked[0.0] == 0).float().mean() - 0.3) < 0.07
     assert len(set(picked[1.0].tolist())) > 2  # at temperature 1 the tail is sampled too
+
+
+def test_the_vote_decides_the_verdict_and_the_text_says_it():
+    from model.unified.bundle import tally
+
+    right = "seen: a red circle (center)\nwrong: nothing\nverdict: right"
+    wrong = "seen: a red circle (center)\nwrong: a blue square is missing\nverdict: wrong\nedit: add a blue square"
+    garbled = "seen: a red verdict: wrong"
+    texts, shares = tally(
+        [right, right, wrong, right],  # the greedy reflections
+        [1.0, 1.0, 0.0, 1.0],
+        [[right, wrong, wrong, wrong], [right, right, right, wrong], [right] * 4, [None, garbled, wrong, right]],
+        [[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0], [1.0] * 4, [None, 0.0, 0.0, 1.0]],
+        threshold=0.75)
+    assert shares == [0.25, 0.75, 1.0, 0.25]
+    assert texts == [wrong, right, right, wrong]  # outvoted greedy texts give way; a garbled sample is passed over

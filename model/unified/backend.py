@@ -25,7 +25,8 @@ class UnifiedRoles:
         self.path = cfg.path or str(DEFAULT_MODEL)
         self.model, self._lock = _shared(cfg.path, cfg.device)
         self.sampling = Sampling(guidance=cfg.guidance, temperature=cfg.temperature, top_k=cfg.top_k,
-                                 right_threshold=cfg.right_threshold, change_temperature=cfg.change_temperature)
+                                 right_threshold=cfg.right_threshold, change_temperature=cfg.change_temperature,
+                                 verdict_votes=cfg.verdict_votes)
 
     def _call(self, fn, *args):
         with self._lock:
@@ -46,5 +47,5 @@ class UnifiedRoles:
         return self._call(self.model.reflect, prompts, images)[0]
 
     def score(self, prompts: list[str], images: list[np.ndarray]) -> list[float]:
-        """The judge: probability of the verdict "right" in the model's own reflection (0 without a verdict)."""
+        """The judge: P(right) of the model's own reflection (0 without a verdict), or its verdict votes' share."""
         return [0.0 if p is None else p for p in self._call(self.model.reflect, prompts, images)[1]]

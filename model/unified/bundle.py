@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 from model.unified.sampling import sample_image_codes, write_reflections
 from model.unified.sequences import Layout
 from model.unified.vq import decode, encode
-from policies.critique import REGENERATE
+from policies.critique import REGENERATE, CritiqueError, parse_critique
 
 DEFAULT_MODEL = Path(__file__).parent / "weights"
 
@@ -40,6 +41,7 @@ class Sampling:
     change_temperature: float | None = None  # of what a revision or edit writes where it does not copy (0: likeliest)
     top_k: int | None = None  # of drawings (0: all codes)
     right_threshold: float | None = None  # the verdict gate; None: the folder's calibrated one (reflect.json)
+    verdict_votes: int | None = None  # sampled reflections whose share of "right" is P(right); 0: the greedy one's
 
     def over(self, base: Sampling) -> Sampling:
         return Sampling(**{k: getattr(base, k) if v is None else v for k, v in asdict(self).items()})
@@ -47,6 +49,29 @@ class Sampling:
 
 FALLBACK = Sampling(guidance=1.5, temperature=1.0, top_k=0, change_temperature=0.0)
 DRAWING_KEYS = ("guidance", "temperature", "top_k")
+
+
+def tally(greedy: list[str], p_greedy: list[float | None], samples: list[list[str]],
+          said: list[list[float | None]], threshold: float) -> tuple[list[str], list[float]]:
+    """Per row: P(right) = the share of its samples that say right; the text is the greedy reflection
+    when its verdict is the vote's, else the first sample that says the vote's (one that reads as a
+    critique, when there is one), else the greedy one."""
+    texts, shares = [], []
+    for text, p, mine, verdicts in zip(greedy, p_greedy, samples, said):
+        share = sum(x or 0.0 for x in verdicts) / len(verdicts)
+        right = share >= threshold
+        said_so = [t for t, x in zip(mine, verdicts) if x == float(right)]
+        agrees = p is not None and (p >= 0.5) == right
+        texts.append(text if agrees or not said_so else next(filter(_reads, said_so), said_so[0]))
+        shares.append(share)
+    return texts, shares
+
+
+def _reads(text: str) -> bool:
+    try:
+        return bool(parse_critique(text))
+    except CritiqueError:
+        return False
 
 
 def read_choice(path: Path) -> tuple[dict, Sampling]:
@@ -72,6 +97,7 @@ class UnifiedModel:
         self.chosen = FALLBACK  # the folder's drawing settings (sampling.json)
         self.choice: dict = {}  # how they were chosen (calibrate.choose_sampling)
         self.calibrated_threshold = 0.5  # what the folder's reflect.json says, when it has one
+        self.calibrated_votes = 0  # likewise: 0, P(right) of the greedy reflection's own verdict
         self.calibration: dict = {}  # how it was chosen (calibrate.py)
 
     @classmethod
@@ -92,6 +118,7 @@ class UnifiedModel:
         if (path / "reflect.json").is_file():
             model.calibration = json.loads((path / "reflect.json").read_text())
             model.calibrated_threshold = float(model.calibration["right_threshold"])
+            model.calibrated_votes = int(model.calibration.get("verdict_votes", 0))
         if (path / "sampling.json").is_file():
             model.choice, model.chosen = read_choice(path / "sampling.json")
         return model
@@ -112,7 +139,8 @@ class UnifiedModel:
         vq_config.pop("_name_or_path", None)  # where it was loaded from: not part of the model
         (tmp / "vq" / "config.json").write_text(json.dumps(vq_config, indent=2, sort_keys=True) + "\n")
         (tmp / "reflect.json").write_text(json.dumps(
-            {**self.calibration, "right_threshold": self.calibrated_threshold}, indent=1) + "\n")
+            {**self.calibration, "right_threshold": self.calibrated_threshold,
+             "verdict_votes": self.calibrated_votes}, indent=1) + "\n")
         chosen = {k: getattr(self.chosen, k) for k in DRAWING_KEYS}
         (tmp / "sampling.json").write_text(json.dumps({**self.choice, **chosen}, indent=1) + "\n")
         for name, text in (extra_files or {}).items():
@@ -141,11 +169,24 @@ class UnifiedModel:
         return list(decode(self.vq, self.draw_codes(prompts, seeds, guidance)))
 
     def reflect(self, prompts: list[str], images: list[np.ndarray]) -> tuple[list[str], list[float | None]]:
+        """(texts, P(right) per image). With verdict votes, P(right) is the share of that many reflections
+        sampled at temperature 1 that say right: the greedy verdict is as sure where the model misreads an
+        image as where it reads it right, its samples disagree more (README, "Verdict votes")."""
         codes = encode(self.vq, as_canvas(images)).tolist()
-        threshold = self.sampling.right_threshold
-        return write_reflections(self.lm, self.layout,
-                                 [self.layout.reflect_prefix(p, c) for p, c in zip(prompts, codes)],
-                                 right_threshold=self.calibrated_threshold if threshold is None else threshold)
+        prefixes = [self.layout.reflect_prefix(p, c) for p, c in zip(prompts, codes)]
+        threshold, votes = self.sampling.right_threshold, self.sampling.verdict_votes
+        threshold = self.calibrated_threshold if threshold is None else threshold
+        votes = self.calibrated_votes if votes is None else votes
+        if not votes:
+            return write_reflections(self.lm, self.layout, prefixes, right_threshold=threshold)
+        return self._voted(prefixes, votes, threshold)
+
+    def _voted(self, prefixes: list[list[int]], votes: int, threshold: float) -> tuple[list[str], list[float]]:
+        greedy, p_greedy = write_reflections(self.lm, self.layout, prefixes)
+        seeds = [zlib.crc32(np.asarray(row + [k], dtype=np.int64).tobytes()) for k in range(votes) for row in prefixes]
+        samples, said = write_reflections(self.lm, self.layout, prefixes * votes, sample_seeds=seeds)
+        n = len(prefixes)
+        return tally(greedy, p_greedy, [samples[j::n] for j in range(n)], [said[j::n] for j in range(n)], threshold)
 
     def revise(self, prompts: list[str], images: list[np.ndarray], instructions: list[str],
                seeds: list[int]) -> list[np.ndarray]:

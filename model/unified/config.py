@@ -79,6 +79,8 @@ class SelfPlayConfig(Strict):
     balance_verdicts: bool | list[bool] = False
     # then the verdict gate's threshold, on this many own drawings of train prompts (0: no gate, 0.5)
     calibration_images: int = Field(512, ge=0)
+    # P(right) as the share of this many reflections sampled at temperature 1 that say right (0: the greedy one's)
+    verdict_votes: int = Field(0, ge=0, le=64)
 
     @model_validator(mode="after")
     def _per_round_settings(self) -> SelfPlayConfig:
@@ -138,3 +140,5 @@ class UnifiedBackendConfig(BaseModel):
     change_temperature: float | None = Field(None, ge=0, le=10, allow_inf_nan=False)
     # the reflection says "right" only when P(right) reaches this; None: the folder's calibrated value
     right_threshold: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    # P(right) as the share of this many sampled reflections that say right; None: the folder's (reflect.json)
+    verdict_votes: int | None = Field(None, ge=0, le=64)

@@ -94,6 +94,26 @@ class VerdictGate(LogitsProcessor):
         return torch.where(at[:, None], forced, scores)
 
 
+class RowSampler(LogitsProcessor):
+    """Samples each row's next token at `temperature` with the row's own generator and returns one-hot
+    scores (generate runs greedy): a row's sample does not depend on what it was batched with.
+    `keep(rows)` follows the rows that stay when finished ones leave the batch."""
+
+    def __init__(self, seeds: list[int], temperature: float = 1.0):
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.temperature = temperature
+
+    def keep(self, rows: list[int]) -> None:
+        self.generators = [self.generators[j] for j in rows]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        probs = (scores.float() / max(self.temperature, 1e-6)).softmax(-1).cpu()
+        chosen = torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self.generators)])
+        out = torch.full_like(scores, float("-inf"))
+        out[torch.arange(len(chosen), device=scores.device), chosen.to(scores.device)] = 0.0
+        return out
+
+
 def left_pad(layout: Layout, rows: list[list[int]], device) -> dict[str, torch.Tensor]:
     n = max(map(len, rows))
     ids = torch.full((len(rows), n), layout.pad)
@@ -125,9 +145,11 @@ def sample_image_codes(model, layout: Layout, prefixes: list[list[int]], seeds: 
 
 @torch.inference_mode()
 def write_reflections(model, layout: Layout, prefixes: list[list[int]], max_new_tokens: int = 160,
-                      right_threshold: float = 0.5, chunk: int = 24):
+                      right_threshold: float = 0.5, chunk: int = 24, sample_seeds: list[int] | None = None):
     """Greedy reflections after each prefix, the verdict gated by `right_threshold`; returns (texts,
-    P(verdict right) per row or None: the raw probability, before the gate).
+    P(verdict right) per row or None: the raw probability, before the gate). With `sample_seeds` (one
+    per row), reflections sampled at temperature 1 instead, ungated, and per row 1.0 / 0.0 for the
+    verdict it wrote (None: none).
 
     A batch runs `chunk` tokens at a time, and rows that have finished leave it (their KV cache rows
     dropped, the rest carried over): one `generate` runs as long as its longest row, and one rambling
@@ -144,7 +166,8 @@ def write_reflections(model, layout: Layout, prefixes: list[list[int]], max_new_
     written: list[list[int]] = [[] for _ in prefixes]
     verdict_logits: list[list[torch.Tensor]] = [[] for _ in prefixes]  # per new token: logits of (right, wrong)
     rows, cache = torch.arange(len(prefixes)), DynamicCache(config=model.config)
-    gate = LogitsProcessorList([VerdictGate(layout, right_threshold)])
+    sampler = RowSampler(sample_seeds) if sample_seeds is not None else None
+    gate = LogitsProcessorList([sampler or VerdictGate(layout, right_threshold)])
     while len(rows) and ids.shape[1] - start < budget:
         out = model.generate(input_ids=ids, attention_mask=mask, cache=cache, do_sample=False,
                              max_new_tokens=min(chunk, budget - (ids.shape[1] - start)), logits_processor=gate,
@@ -162,12 +185,21 @@ def write_reflections(model, layout: Layout, prefixes: list[list[int]], max_new_
             verdict_logits[rows[j]] += list(two[j, :len(row)])
         if not going:
             break
+        if sampler:
+            sampler.keep(going)
         going = torch.tensor(going, dtype=torch.long)
         ids, rows = out.sequences[going], rows[going]
         mask = torch.cat([mask[going], torch.ones(len(going), new.shape[1], dtype=mask.dtype, device=device)], 1)
         cache.batch_select_indices(going.to(device))
     texts = [detokenize(layout.tok.decode(row, skip_special_tokens=True)) for row in written]
+    if sampler:
+        return texts, [said_right(layout, row) for row in written]
     return texts, [verdict_probability(layout, row, logits) for row, logits in zip(written, verdict_logits)]
+
+
+def said_right(layout: Layout, row: list[int]) -> float | None:
+    k = layout.verdict_at(row)
+    return None if k is None else float(row[k] == layout.right_word)
 
 
 def verdict_probability(layout: Layout, row: list[int], logits: list[torch.Tensor]) -> float | None:

@@ -115,6 +115,7 @@ def choose_and_export(cfg: UnifiedConfig, model: UnifiedModel, stages: dict, out
         model.choice["seconds"] = round(time.time() - t0)
         stages["decoding"] = {**model.choice, "guidance": model.chosen.guidance,
                               "temperature": model.chosen.temperature}
+    model.calibrated_votes = cfg.selfplay.verdict_votes  # the gate is chosen on the scores it will cut
     if cfg.selfplay.calibration_images:
         t0 = time.time()
         model.calibration = calibrate(model, cfg.selfplay.calibration_images, cfg.seed, log=log)
