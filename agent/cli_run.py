@@ -130,7 +130,7 @@ def _run_with_progress(run, rt, reviewer=None) -> list[SessionRecord]:
         def on_done(record: SessionRecord) -> None:
             done["n"] += 1
             done["rounds"] += len(record.rounds)
-            last = record.rounds[-1].correct if record.rounds else None
+            last = record.final_round.correct if record.rounds else None
             done["judged"] += last is not None
             done["right"] += bool(last)
             acc = share(done["right"], done["judged"])
@@ -145,8 +145,9 @@ def print_summary(records: list[SessionRecord]) -> None:
     n = len(records)
 
     def acc(k: int) -> str:
-        """Right sessions over all (a failed one counts as wrong); unknown when no round has a verdict."""
-        verdicts = [r.rounds[k].correct if r.rounds else False for r in records]
+        """Right sessions over all (a failed one counts as wrong); unknown when no round has a verdict.
+        k = -1: the round the session ended on (stop.final)."""
+        verdicts = [(r.rounds[k] if k >= 0 else r.final_round).correct if r.rounds else False for r in records]
         if not n or all(v is None for v in verdicts):
             return "-" if not n else "unknown"
         return f"{sum(bool(v) for v in verdicts) / n:.3f}"

@@ -42,6 +42,9 @@ class RunConfig(Strict):
     def _model_judge(self) -> RunConfig:
         if self.search.judge == "model" and self.models.judge is None:
             raise ValueError("search.judge 'model' needs a judge in models.judge (kind: unified, learned or hf_vlm)")
+        if self.stop.final == "best" and self.search.judge is None:
+            raise ValueError("stop.final 'best' keeps the round the judge scores highest: set search.judge "
+                             "(model, with models.judge) so that every round is scored")
         return self
 
     @model_validator(mode="after")

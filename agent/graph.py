@@ -226,9 +226,13 @@ def build_graph(rt: Runtime, checkpointer=None, review: bool = False):
         return {}
 
     async def finish(state: LoopState) -> dict:
-        """The session stops: the store records its last round and its ending in one write."""
+        """The session stops: the store records its last round and its ending in one write. Its image is
+        the last round's, or the round the judge scored highest (stop.final)."""
         rnd = state.current
-        await asyncio.to_thread(rt.store.finish_session, state.session_id, state.stop_reason, rnd.image, rnd)
+        k = rt.policy.final_round(state.scores, rnd.index)
+        image = rnd.image if k == rnd.index else \
+            (await asyncio.to_thread(rt.store.get, state.session_id)).rounds[k].image
+        await asyncio.to_thread(rt.store.finish_session, state.session_id, state.stop_reason, image, rnd)
         return {}
 
     def fan_out(state: LoopState) -> str | list[Send]:

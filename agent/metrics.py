@@ -42,10 +42,10 @@ def fmt(value: float | None, signed: bool = False) -> str:
 
 
 def metrics(records: list[SessionRecord]) -> Metrics:
-    judged = [r for r in records if r.rounds and r.rounds[0].correct is not None and r.rounds[-1].correct is not None]
+    judged = [r for r in records if r.rounds and r.rounds[0].correct is not None and r.final_round.correct is not None]
     n, j = len(records), len(judged)
     first = [bool(r.rounds[0].correct) for r in judged]
-    last = [bool(r.rounds[-1].correct) for r in judged]
+    last = [bool(r.final_round.correct) for r in judged]  # the image the session ended on
     depth = max((len(r.rounds) for r in judged), default=0)
     by_round = [sum(bool(r.rounds[min(k, len(r.rounds) - 1)].correct) for r in judged) / j for k in range(depth)]
     calls: Counter = Counter()
@@ -80,9 +80,9 @@ def flips(records: list[SessionRecord]) -> dict[str, list[SessionRecord]]:
     """Sessions worth a look: wrong then right, right then wrong, and still wrong at the end."""
     out: dict[str, list[SessionRecord]] = {"wrong -> right": [], "right -> wrong": [], "wrong at the end": []}
     for r in records:
-        if not r.rounds or r.rounds[0].correct is None or r.rounds[-1].correct is None:
+        if not r.rounds or r.rounds[0].correct is None or r.final_round.correct is None:
             continue
-        a, b = r.rounds[0].correct, r.rounds[-1].correct
+        a, b = r.rounds[0].correct, r.final_round.correct
         if not a and b:
             out["wrong -> right"].append(r)
         elif a and not b:

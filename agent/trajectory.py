@@ -134,6 +134,12 @@ class SessionRecord(Versioned):
             raise ValueError(f"session {self.id}: a failed session needs an error")
         return self
 
+    @property
+    def final_round(self) -> RoundRecord | None:
+        """The round whose image the session ended on (the last one with `final_image`; else the last)."""
+        ending = [r for r in self.rounds if self.final_image is not None and r.image == self.final_image]
+        return ending[-1] if ending else (self.rounds[-1] if self.rounds else None)
+
 
 class RunManifest(Versioned):
     """What a run was made with, written once when the run directory is created."""

@@ -136,7 +136,7 @@ class Viewer:
         shown = select(records, **chosen)
         rows = [[f"<a href=\"{url('run', k, 'session', r.id)}\">{esc(r.id)}</a>", esc(r.family or "-"), esc(r.prompt),
                  str(len(r.rounds)), str(flip_count(r)),
-                 mark(r.rounds[0].correct if r.rounds else None) + " -&gt; " + mark(r.rounds[-1].correct if r.rounds
+                 mark(r.rounds[0].correct if r.rounds else None) + " -&gt; " + mark(r.final_round.correct if r.rounds
                                                                                    else None),
                  esc(r.status), esc(r.stop_reason or "-"),
                  f"<a href=\"{url('run', k, 'session', r.parent_id)}\">{esc(r.parent_id)}</a>" if r.parent_id else ""]

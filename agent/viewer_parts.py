@@ -95,10 +95,10 @@ def flip_count(record: SessionRecord) -> int:
 def outcome_ids(records: list[SessionRecord], outcome: str) -> set[str]:
     """Ids of the sessions with an outcome, using metrics.flips for the flip groups."""
     groups = flips(records)
-    judged = [r for r in records if r.rounds and r.rounds[-1].correct is not None]
+    judged = [r for r in records if r.rounds and r.final_round.correct is not None]
     chosen = {
         "all": records,
-        "correct": [r for r in judged if r.rounds[-1].correct],
+        "correct": [r for r in judged if r.final_round.correct],
         "wrong": groups["wrong at the end"],
         "fixed": groups["wrong -> right"],
         "broken": groups["right -> wrong"],

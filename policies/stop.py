@@ -20,6 +20,8 @@ class StopPolicy(BaseModel):
     stop_when_right: bool = True
     score_threshold: float | None = Field(None, ge=0, le=1)
     patience: int | None = Field(None, ge=1)
+    # the session's image: its last round's, or ("best") the round the judge scored highest (the latest on ties)
+    final: Literal["last", "best"] = "last"
 
     def decide(self, revisions: int, verdict: str | None, scores: list[float], critique_error: str | None = None,
                instruction: str | None = None) -> StopReason | None:
@@ -38,6 +40,12 @@ class StopPolicy(BaseModel):
         if not instruction:
             return "no_edit"  # nothing to act on (a right verdict the policy does not stop for, say)
         return None
+
+    def final_round(self, scores: list[float], last: int) -> int:
+        """The round whose image the session ends on; `scores` has the judge's score of every round."""
+        if self.final == "last" or len(scores) != last + 1:
+            return last
+        return max(range(len(scores)), key=lambda k: (scores[k], k))
 
     @property
     def recursion_limit(self) -> int:
