@@ -147,3 +147,23 @@ def test_verdict_votes_are_shares_of_sampled_reflections_and_the_text_follows_th
     whole = write_reflections(shipped.lm, shipped.layout, prefixes, chunk=1000, sample_seeds=seeds)
     again = write_reflections(shipped.lm, shipped.layout, prefixes, sample_seeds=[s + 100 for s in seeds])
     assert chunked == whole and chunked[0] != again[0]  # seeded per row, and sampled
+
+
+def test_rows_with_one_prefix_share_its_prefill_and_write_what_they_write_apart(shipped):
+    """A critic with votes writes many rows after one prefix: the prefix runs once (shared_prefill), and
+    every row, greedy or sampled, writes what it writes in a batch of its own (no prefix shared)."""
+    from model.unified.sampling import shared_prefill, write_reflections
+    from model.unified.vq import encode
+
+    items = suite("dev", per_family=1)[:4]
+    prompts = [i.prompt for i in items]
+    codes = encode(shipped.vq, np.stack(shipped.draw(prompts, [i.seed for i in items]))).tolist()
+    prefixes = [shipped.layout.reflect_prefix(p, c) for p, c in zip(prompts, codes)]
+    rows, seeds = prefixes * 3, [None] * 4 + list(range(8))
+    assert shared_prefill(shipped.lm, shipped.layout, rows, "cpu").get_seq_length() == max(map(len, rows)) - 1
+    assert shared_prefill(shipped.lm, shipped.layout, prefixes, "cpu").get_seq_length() == 0
+    texts, said = write_reflections(shipped.lm, shipped.layout, rows, sample_seeds=seeds)
+    greedy = write_reflections(shipped.lm, shipped.layout, prefixes)
+    apart = [write_reflections(shipped.lm, shipped.layout, [row], sample_seeds=[s]) for row, s in zip(rows, seeds)]
+    assert texts == [a[0][0] for a in apart] and texts[:4] == greedy[0]
+    assert said[:4] == pytest.approx(greedy[1], abs=1e-5) and set(said[4:]) <= {0.0, 1.0, None}

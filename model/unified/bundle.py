@@ -182,11 +182,12 @@ class UnifiedModel:
         return self._voted(prefixes, votes, threshold)
 
     def _voted(self, prefixes: list[list[int]], votes: int, threshold: float) -> tuple[list[str], list[float]]:
-        greedy, p_greedy = write_reflections(self.lm, self.layout, prefixes)
+        """The greedy reflection and the votes in one batch, over one shared prefill per image."""
         seeds = [zlib.crc32(np.asarray(row + [k], dtype=np.int64).tobytes()) for k in range(votes) for row in prefixes]
-        samples, said = write_reflections(self.lm, self.layout, prefixes * votes, sample_seeds=seeds)
         n = len(prefixes)
-        return tally(greedy, p_greedy, [samples[j::n] for j in range(n)], [said[j::n] for j in range(n)], threshold)
+        texts, said = write_reflections(self.lm, self.layout, prefixes * (votes + 1), sample_seeds=[None] * n + seeds)
+        return tally(texts[:n], said[:n], [texts[n + j::n] for j in range(n)], [said[n + j::n] for j in range(n)],
+                     threshold)
 
     def revise(self, prompts: list[str], images: list[np.ndarray], instructions: list[str],
                seeds: list[int]) -> list[np.ndarray]:
