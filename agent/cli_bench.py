@@ -81,7 +81,8 @@ def bench_cmd(
     rounds = cfg.stop.max_rounds
     if perf:
         console.print(f"timing {len(specs)} sessions of up to {rounds} revisions under {out}", highlight=False)
-        print_perf(run_perf(cfg, specs, out, factory, rounds, models))
+        forget = [m.forget for m in {id(m): m for m in (image_model, critic, judge)}.values() if hasattr(m, "forget")]
+        print_perf(run_perf(cfg, specs, out, factory, rounds, models, forget=lambda: [f() for f in forget]))
     else:
         from agent.bench import ARMS
 

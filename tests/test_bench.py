@@ -119,7 +119,9 @@ def test_budget_follows_the_reflection_arm_search():
 def test_perf_at_tiny_scale(tmp_path, factory):
     cfg, specs = RunConfig(), perf_specs(dev_specs(2), 8)
     assert len({s.family for s in specs}) == 7
-    report = run_perf(cfg, specs, tmp_path / "perf", factory, max_rounds=2)
+    forgot = []
+    report = run_perf(cfg, specs, tmp_path / "perf", factory, max_rounds=2, forget=lambda: forgot.append(1))
+    assert len(forgot) == 7  # before each arm, the latency run, and each half of the two ceilings
     assert report.sessions == 8 and report.speedup == pytest.approx(report.serial_wall_seconds /
                                                                      report.batched_wall_seconds)
     assert report.batched_sessions_per_second == pytest.approx(8 / report.batched_wall_seconds)

@@ -55,6 +55,11 @@ class UnifiedRoles:
         """The judge: P(right) of the model's own reflection (0 without a verdict), or its verdict votes' share."""
         return [0.0 if p is None else p for _, p in self._reflect(prompts, images)]
 
+    def forget(self) -> None:
+        """Drop the remembered reflections (a timing of the same sessions twice must call the model)."""
+        with self._lock:
+            self._reflections.clear()
+
     def _reflect(self, prompts: list[str], images: list[np.ndarray]) -> list[tuple[str, float | None]]:
         """(text, P(right)) per image, remembered: a run's judge and critic reflect on the same images,
         and with the same settings the answer is the same (every row is seeded by itself)."""
