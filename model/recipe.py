@@ -48,6 +48,7 @@ def atomic_write(path: Path, text: str) -> None:
 
 
 STEP_KEYS = ("steps", "decoder_steps", "rounds")  # counts a continued run may grow
+PER_ROUND_KEYS = ("guidance", "temperature", "balance_verdicts")  # lists of one value per round: they may grow
 
 
 def pin_config(path: Path, cfg: BaseModel) -> None:
@@ -61,13 +62,17 @@ def pin_config(path: Path, cfg: BaseModel) -> None:
         old, new = _split_steps(pinned.model_dump()), _split_steps(cfg.model_dump())
         if old[0] != new[0] or not all(_grew(v, new[1][k]) for k, v in old[1].items()):
             raise ValueError(f"{path.parent} was started with another config ({path}); use a new --work folder "
-                             "or delete that one (only step and round counts may grow)")
+                             "or delete that one (only step and round counts may grow, and per-round lists "
+                             "by new rounds)")
     atomic_write(path, cfg.model_dump_json(indent=2))
 
 
 def _grew(old, new) -> bool:
-    """A count may grow; a per-round list of counts must stay as it was."""
-    return new >= old if isinstance(old, int) and isinstance(new, int) else new == old
+    """A count may grow; a per-round list may gain rounds, each old round's count grown or kept and
+    every other value kept (the rounds already trained were trained with them)."""
+    if isinstance(old, list) and isinstance(new, list):
+        return len(new) >= len(old) and all(_grew(o, n) for o, n in zip(old, new))
+    return new >= old if type(old) is int and type(new) is int else new == old
 
 
 def _split_steps(d: dict, at: str = "") -> tuple[dict, dict]:
@@ -77,7 +82,7 @@ def _split_steps(d: dict, at: str = "") -> tuple[dict, dict]:
         if isinstance(v, dict):
             rest[k], inner = _split_steps(v, f"{at}{k}.")
             steps.update(inner)
-        elif k in STEP_KEYS:
+        elif k in STEP_KEYS + PER_ROUND_KEYS:
             steps[f"{at}{k}"] = v
         else:
             rest[k] = v

@@ -100,7 +100,18 @@ def test_a_work_folder_keeps_its_config_but_step_counts_may_grow(tmp_path):
     per_round = more.model_copy(update={"selfplay": more.selfplay.model_copy(update={"steps": [2, 4]})})
     with pytest.raises(ValueError, match="only step and round counts may grow"):
         pin_config(path, per_round)  # a count turned into a list of counts: not a growth (and no TypeError)
-    wider = longer.model_copy(update={"lm": longer.lm.model_copy(update={"hidden_size": 64})})
+    listed = more.model_copy(update={"selfplay": more.selfplay.model_copy(update={
+        "steps": [3, 4], "guidance": [2.5, 1.5], "balance_verdicts": [False, True]})})
+    path = tmp_path / "listed" / "config.json"
+    path.parent.mkdir()
+    pin_config(path, listed)  # a work folder run with per-round lists
+    third = listed.model_copy(update={"selfplay": listed.selfplay.model_copy(update={
+        "rounds": 3, "steps": [3, 4, 8], "guidance": [2.5, 1.5, 1.5], "balance_verdicts": [False, True, True]})})
+    pin_config(path, third)  # a round more: each list gains its value
+    for change in ({"guidance": [2.0, 1.5, 1.5]}, {"balance_verdicts": [True, True, True]}, {"steps": [3, 2, 8]}):
+        with pytest.raises(ValueError, match="per-round lists by new rounds"):
+            pin_config(path, third.model_copy(update={"selfplay": third.selfplay.model_copy(update=change)}))
+    wider = third.model_copy(update={"lm": third.lm.model_copy(update={"hidden_size": 64})})
     with pytest.raises(ValueError, match="another config"):
         pin_config(path, wider)
 
