@@ -62,6 +62,21 @@ class LMConfig(Strict):
     late_mix_from: int = Field(0, ge=0)
 
 
+class GrowConfig(Strict):
+    """Before self-play round `round` (0-based) the LM grows into a larger network computing what it
+    did (grow.py), so that later rounds train capacity the recipe could not train from scratch here."""
+    round: int = Field(ge=0)
+    every: int | None = Field(None, ge=1)  # deeper: a new layer after every `every` layers
+    hidden_size: int | None = Field(None, ge=16)  # wider: the residual stream (new heads of the same size)
+    intermediate_size: int | None = Field(None, ge=16)  # wider: the MLP
+
+    @model_validator(mode="after")
+    def _something(self) -> GrowConfig:
+        if self.every is None and self.hidden_size is None:
+            raise ValueError("selfplay.grow needs `every` (deeper) or `hidden_size` (wider), or both")
+        return self
+
+
 class SelfPlayConfig(Strict):
     """The OmniGen2 way: the model's own drawings and revisions, labelled by the verifier, mixed back in."""
     rounds: int = Field(1, ge=0)
@@ -81,6 +96,7 @@ class SelfPlayConfig(Strict):
     calibration_images: int = Field(512, ge=0)
     # P(right) as the share of this many reflections sampled at temperature 1 that say right (0: the greedy one's)
     verdict_votes: int = Field(0, ge=0, le=64)
+    grow: GrowConfig | None = None
 
     @model_validator(mode="after")
     def _per_round_settings(self) -> SelfPlayConfig:
@@ -89,6 +105,8 @@ class SelfPlayConfig(Strict):
             if isinstance(value, list) and len(value) != self.rounds:
                 raise ValueError(f"selfplay.{name} lists {len(value)} values for {self.rounds} rounds: give one "
                                  "per round, or one value for all")
+        if self.grow is not None and self.grow.round >= self.rounds:
+            raise ValueError(f"selfplay.grow.round is {self.grow.round}, but there are {self.rounds} rounds (0-based)")
         for name, least in (("guidance", "at least 0"), ("temperature", "more than 0")):
             value = getattr(self, name)
             for v in value if isinstance(value, list) else [value]:

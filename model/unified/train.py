@@ -27,6 +27,7 @@ from model.unified.bundle import DEFAULT_MODEL, Sampling, UnifiedModel
 from model.unified.calibrate import calibrate, choose_sampling
 from model.unified.config import UnifiedConfig
 from model.unified.flaws import flawed_rows
+from model.unified.grow import grow
 from model.unified.selfplay import balance_verdicts, mixed_batch, own_rows, save_rows
 from model.unified.sequences import Layout
 from model.unified.train_lm import build_lm, synthetic_batch, train_lm
@@ -78,6 +79,9 @@ def train_unified(cfg: UnifiedConfig, work: Path, export: Path | None = None, de
         log(f"tokenizer: {len(grown) - len(tok)} words of own-drawing reflections added")
         tok, layout = grown, Layout(grown)
     for r in range(sp.rounds):
+        if sp.grow is not None and r == sp.grow.round:
+            lm = grow(lm, sp.grow, cfg.seed)  # computes what it did: round r's own drawings are the same
+            log(f"grown before self-play round {r + 1}: {sum(p.numel() for p in lm.parameters()):,} parameters")
         data = work / f"selfplay{r}-data.pt"
         with ranks.alone() as mine:
             if mine and not data.is_file():
