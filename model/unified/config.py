@@ -71,7 +71,7 @@ class GrowConfig(Strict):
     intermediate_size: int | None = Field(None, ge=16)  # wider: the MLP
 
     @model_validator(mode="after")
-    def _something(self) -> GrowConfig:
+    def _grows_something(self) -> GrowConfig:
         if self.every is None and self.hidden_size is None:
             raise ValueError("selfplay.grow needs `every` (deeper) or `hidden_size` (wider), or both")
         return self

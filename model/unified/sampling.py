@@ -152,7 +152,7 @@ def sample_image_codes(model, layout: Layout, prefixes: list[list[int]], seeds: 
 
 @torch.inference_mode()
 def write_reflections(model, layout: Layout, prefixes: list[list[int]], max_new_tokens: int = 160,
-                      right_threshold: float = 0.5, chunk: int = 24, sample_seeds: list[int] | None = None):
+                      right_threshold: float = 0.5, chunk: int = 24, sample_seeds: list[int | None] | None = None):
     """Greedy reflections after each prefix, the verdict gated by `right_threshold`; returns (texts,
     P(verdict right) per row or None: the raw probability, before the gate). With `sample_seeds` (one
     per row), the rows with a seed are sampled at temperature 1 instead, ungated, and give 1.0 / 0.0
