@@ -94,3 +94,26 @@ def test_every_generated_instruction_parses_even_in_crowded_scenes():
             except EditError:
                 continue
             assert parse_edit(pair.instruction).text == pair.instruction
+
+
+def test_move_goes_to_the_nearest_place_the_relation_holds():
+    """No place that keeps the scene valid and holds the relation (clear of the margin) is nearer the
+    object's old place than where the move puts it; the rest stay put."""
+    rng = np.random.default_rng(3)
+    for _ in range(6):
+        pair = make_edit_pair(rng, random_scene(rng), "move")
+        edit = parse_edit(pair.instruction)
+        old = next(o for o in pair.source.objects if edit.target.matches(o))
+        new = next(o for o in pair.target.objects if edit.target.matches(o))
+        ref = next(o for o in pair.source.objects if edit.reference.matches(o))
+        rest = [o for o in pair.source.objects if o != old]
+        assert sorted(rest, key=str) == sorted((o for o in pair.target.objects if o != new), key=str)
+        chosen = abs(new.x - old.x) + abs(new.y - old.y)
+        for x in range(64 - old.size + 1):
+            for y in range(64 - old.size + 1):
+                if abs(x - old.x) + abs(y - old.y) >= chosen:
+                    continue
+                moved = old.model_copy(update={"x": x, "y": y})
+                if holds(edit.relation, moved.centroid, ref.centroid, 2.0):
+                    with pytest.raises(ValueError):
+                        Scene(objects=(*rest, moved))

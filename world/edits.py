@@ -26,6 +26,7 @@ from world.spec import (
     COLOR_NAMES,
     MAX_COUNT,
     MAX_OBJECTS,
+    MIN_GAP,
     RELATIONS,
     SHAPES,
     Color,
@@ -163,24 +164,37 @@ def apply_edit(scene: Scene, edit: Edit | str, rng: np.random.Generator) -> Scen
 
 
 def _move(scene: Scene, hits: list[int], refs: list[int], relation: str, rng: np.random.Generator) -> Scene:
-    """Re-place the named objects (same shape, colour, size) where the relation holds against
-    every reference object; the rest stay put."""
-    staying = [o for i, o in enumerate(scene.objects) if i not in hits]
+    """Re-place the named objects (same shape, colour, size) where the relation holds against every
+    reference object, each as near its old place as the scene allows (ties at random); the rest stay
+    put. The nearest place makes the target a function of the source and the instruction: a random one
+    (as before) left a model nothing to learn but where objects may go, and it kept them in place."""
+    placed = [o for i, o in enumerate(scene.objects) if i not in hits]
     ref_objs = [scene.objects[i] for i in refs]
-    for _ in range(300):
-        moved = []
-        for i in hits:
-            o = scene.objects[i]
-            x, y = int(rng.integers(0, CANVAS - o.size + 1)), int(rng.integers(0, CANVAS - o.size + 1))
-            moved.append(o.model_copy(update={"x": x, "y": y}))
-        # clear of the margin, so that the target reads unambiguously off pixels too
-        ok = all(holds(relation, m.centroid, r.centroid, 2 * RELATION_TOLERANCE) for m in moved for r in ref_objs)
-        if ok:
-            try:
-                return Scene(objects=tuple(staying + moved))
-            except ValueError:
-                continue
-    raise EditError(f"no room to move {len(hits)} object(s) {relation} the reference")
+    for i in hits:
+        o = scene.objects[i]
+        spots = _spots(o, placed, ref_objs, relation)
+        if len(spots) == 0:
+            raise EditError(f"no room to move {len(hits)} object(s) {relation} the reference")
+        dist = np.abs(spots - [o.x, o.y]).sum(axis=1)
+        near = spots[dist == dist.min()]
+        x, y = near[int(rng.integers(len(near)))]
+        placed.append(o.model_copy(update={"x": int(x), "y": int(y)}))
+    return Scene(objects=tuple(placed))
+
+
+def _spots(o: Obj, placed: list[Obj], ref_objs: list[Obj], relation: str) -> np.ndarray:
+    """Every top-left corner (x, y) where `o` fits beside `placed` and the relation holds clear of the
+    margin (so that the target reads unambiguously off pixels too)."""
+    xs, ys = np.meshgrid(np.arange(CANVAS - o.size + 1), np.arange(CANVAS - o.size + 1), indexing="xy")
+    xs, ys = xs.ravel(), ys.ravel()
+    ok = np.ones(len(xs), dtype=bool)
+    for p in placed:  # boxes at least MIN_GAP apart on some axis
+        ok &= ((xs + o.size + MIN_GAP <= p.x) | (p.x + p.size + MIN_GAP <= xs)
+               | (ys + o.size + MIN_GAP <= p.y) | (p.y + p.size + MIN_GAP <= ys))
+    dx, dy = o.centroid[0] - o.x, o.centroid[1] - o.y
+    for r in ref_objs:
+        ok &= holds(relation, (xs + dx, ys + dy), r.centroid, 2 * RELATION_TOLERANCE)  # elementwise
+    return np.stack([xs[ok], ys[ok]], axis=1)
 
 
 class EditPair(BaseModel):
