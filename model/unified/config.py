@@ -136,11 +136,21 @@ class DecodingConfig(Strict):
     images: int = Field(512, ge=0)  # per grid point (0: no choice, guidance 1.5 at temperature 1)
 
 
+class OwnDecoderConfig(Strict):
+    """After self-play: the VQ decoder continued on fixed codes, half rendered scenes and half the model's
+    own drawings with clean targets (own_decoder.py); 0 steps: off."""
+    steps: int = Field(0, ge=0)
+    images: int = Field(4096, ge=1)  # own drawings of train prompts, drawn once with the last round's settings
+    lr: float = Field(3e-4, gt=0)
+    warmup: int = Field(300, ge=0)
+
+
 class UnifiedConfig(YamlConfig):
     seed: int = 0
     vq: VQConfig = VQConfig()
     lm: LMConfig = LMConfig()
     selfplay: SelfPlayConfig = SelfPlayConfig()
+    own_decoder: OwnDecoderConfig = OwnDecoderConfig()
     decoding: DecodingConfig = DecodingConfig()
 
 

@@ -6,6 +6,7 @@ checkpoint in the work folder (rerun the same command after a kill):
 3. the VQ decoder sharpened on fixed codes (independent of 2: `--only decoder` runs it in a second
    process meanwhile, and the main run then finds it done);
 4. rounds of self-play: the model's own drawings labelled by the verifier, mixed back in;
+   then (own_decoder.steps) the decoder continued on the model's own drawings and rendered scenes;
 5. the drawing settings (guidance, temperature), then the verdict gate's threshold, both chosen on its
    own drawings of train prompts (no state: a rerun chooses again).
 
@@ -28,6 +29,7 @@ from model.unified.calibrate import calibrate, choose_sampling
 from model.unified.config import UnifiedConfig
 from model.unified.flaws import flawed_rows
 from model.unified.grow import grow
+from model.unified.own_decoder import decoder_on_own
 from model.unified.selfplay import balance_verdicts, mixed_batch, own_rows, save_rows
 from model.unified.sequences import Layout
 from model.unified.train_lm import build_lm, synthetic_batch, train_lm
@@ -104,6 +106,12 @@ def train_unified(cfg: UnifiedConfig, work: Path, export: Path | None = None, de
                           weight_decay=lm_cfg.weight_decay, state=work / f"selfplay{r}.pt", name=f"self-play {r + 1}",
                           device=dev, log=log, ranks=ranks)
         stages[f"selfplay{r + 1}"] = {**record, **saved["stats"]}
+    if cfg.own_decoder.steps:
+        with ranks.alone() as mine:
+            if mine:
+                drawn = Sampling(*sp.drawing(sp.rounds - 1)) if sp.rounds else None
+                stages["own_decoder"] = decoder_on_own(cfg.own_decoder, cfg.seed, cfg.vq.batch_size, cfg.vq.ink_weight,
+                                                       UnifiedModel(lm, tok, vq, drawn), work, dev, log)
     out = export or DEFAULT_MODEL
     if ranks.main:
         choose_and_export(cfg, UnifiedModel(lm, tok, vq), stages, out, log)

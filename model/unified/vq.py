@@ -131,34 +131,48 @@ def reseed_dead_codes(vq: VQModel, x: torch.Tensor, last_used: torch.Tensor, ste
 
 
 def sharpen_decoder(cfg: VQConfig, seed: int, vq: VQModel, work: Path, device: torch.device, log=print) -> dict:
-    """Train the decoder (and post-quant conv) on fixed codes; resumable from work/vq-decoder.pt."""
+    """Train the decoder on the codes of rendered scenes; resumable from work/vq-decoder.pt."""
+
+    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = scene_batch(seed + 1, step, cfg.batch_size)
+        return encode(vq, x), to_tensor(x)
+
+    return train_decoder(vq, batch, cfg.decoder_steps, cfg.decoder_lr, cfg.ink_weight, work / "vq-decoder.pt",
+                         "vq decoder", device, log)
+
+
+def train_decoder(vq: VQModel, batch, steps: int, lr: float, ink_weight: float, state: Path, name: str,
+                  device: torch.device, log=print, warmup: int = 0) -> dict:
+    """The decoder (and post-quant conv) alone on fixed codes: the encoder and codebook do not move, so
+    the codes an LM was trained on mean what they meant. `batch(step)` -> (codes (B, 64), target images
+    in [-1, 1]), a function of the step, so a resumed run sees the same data; cosine lr after `warmup`."""
     params = [*vq.decoder.parameters(), *vq.post_quant_conv.parameters()]
-    opt = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + np.cos(np.pi * min(s / max(cfg.decoder_steps, 1), 1))))
-    state, step, spent = work / "vq-decoder.pt", 0, 0.0
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (warmup + 1))
+                                              * 0.5 * (1 + np.cos(np.pi * min(s / max(steps, 1), 1))))
+    step, spent = 0, 0.0
     if state.is_file():
         ck = torch.load(state, map_location=device, weights_only=False)
         vq.load_state_dict(ck["model"]), opt.load_state_dict(ck["opt"]), sched.load_state_dict(ck["sched"])
         step, spent = ck["step"], ck["seconds"]
-    progress, t0 = Progress("vq decoder", cfg.decoder_steps, step, log), time.time()
+    progress, t0 = Progress(name, steps, step, log), time.time()
     vq.train()
-    while step < cfg.decoder_steps:
-        x = to_tensor(scene_batch(seed + 1, step, cfg.batch_size)).to(device)
-        with torch.no_grad():
-            quant, _, _ = vq.quantize(latents(vq, x))
+    while step < steps:
+        codes, x = batch(step)
+        codes, x = codes.to(device).clone(), x.to(device)  # clone: encode()'s codes are inference tensors
+        quant = vq.quantize.embedding(codes).reshape(codes.shape[0], 8, 8, -1).permute(0, 3, 1, 2)
         out = vq.decoder(vq.post_quant_conv(quant))
-        ink = 1 + (cfg.ink_weight - 1) * (x < 0.98).any(dim=1, keepdim=True).float()
+        ink = 1 + (ink_weight - 1) * (x < 0.98).any(dim=1, keepdim=True).float()
         loss = (ink * ((out - x) ** 2 + (out - x).abs())).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step(), sched.step()
         step += 1
         progress(step, loss=loss.item())
-        if step % 200 == 0 or step == cfg.decoder_steps:
-            tmp = work / ".vq-decoder.pt.tmp"
+        if step % 200 == 0 or step == steps:
+            tmp = state.with_name(f".{state.name}.tmp")
             torch.save({"model": vq.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step,
                         "seconds": spent + time.time() - t0}, tmp)
             tmp.replace(state)
     vq.eval()
-    return {"steps": cfg.decoder_steps, "seconds": round(spent + time.time() - t0)}
+    return {"steps": steps, "seconds": round(spent + time.time() - t0)}
