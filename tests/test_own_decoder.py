@@ -41,3 +41,21 @@ def test_only_the_decoder_moves_and_a_rerun_resumes_to_the_same_weights(tmp_path
     again, _, _ = run(tmp_path / "a")  # finds its state: nothing left to do, the same weights
     fresh, _, _ = run(tmp_path / "b")  # the same seed from scratch: the same weights
     assert all(torch.equal(after[k], again[k]) and torch.equal(after[k], fresh[k]) for k in after)
+
+
+def test_the_recipe_runs_the_stage_after_self_play(tmp_path):
+    import json
+
+    from diffusers import VQModel
+
+    from model.unified.train import train_unified
+
+    cfg = TINY.model_copy(update={"own_decoder": OwnDecoderConfig(steps=2, images=4, warmup=0)})
+    out = train_unified(cfg, tmp_path / "work", tmp_path / "model", "cpu", log=lambda m: None)
+    record = json.loads((out / "training.json").read_text())
+    assert record["stages"]["own_decoder"]["steps"] == 2 and record["config"]["own_decoder"]["steps"] == 2
+    shipped = VQModel.from_pretrained(out / "vq").state_dict()
+    work = tmp_path / "work"
+    stage1, sharpened = (torch.load(work / f, weights_only=False)["model"] for f in ("vq.pt", "vq-decoder.pt"))
+    assert torch.equal(shipped["quantize.embedding.weight"], stage1["quantize.embedding.weight"])  # the same codes
+    assert not torch.equal(shipped["decoder.conv_out.weight"], sharpened["decoder.conv_out.weight"])  # moved on
