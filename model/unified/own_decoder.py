@@ -11,6 +11,7 @@ renderer and parser make targets, never part of decoding."""
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from world.spec import MAX_SIZE, MIN_SIZE, SHAPES
 from world.suites import sample_prompt
 
 
+@cache
 def _extents() -> dict[str, list[tuple[int, int, int, int, int]]]:
     """Per shape: (size, x0, y0, x1, y1), the box the parser reads off an object of that size drawn at
     (0, 0) (a triangle's apex is thinner than the parser's opening, so its box starts lower)."""
@@ -39,14 +41,11 @@ def _extents() -> dict[str, list[tuple[int, int, int, int, int]]]:
     return out
 
 
-_EXTENTS = _extents()
-
-
 def as_obj(o: ParsedObject) -> Obj:
     """The object whose rendered pixels span the parsed box most nearly (a triangle's box is larger
     than its pixels)."""
     x0, y0, x1, y1 = o.box
-    size, dx, dy, _, _ = min(_EXTENTS[o.shape],
+    size, dx, dy, _, _ = min(_extents()[o.shape],
                              key=lambda e: abs(e[3] - e[1] - (x1 - x0)) + abs(e[4] - e[2] - (y1 - y0)))
     return Obj(shape=o.shape, color=o.color, x=x0 - dx, y=y0 - dy, size=size)
 
