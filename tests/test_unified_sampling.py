@@ -160,3 +160,54 @@ def test_the_vote_decides_the_verdict_and_the_text_says_it():
         threshold=0.75)
     assert shares == [0.25, 0.75, 1.0, 0.25]
     assert texts == [wrong, right, right, wrong]  # outvoted greedy texts give way; a garbled sample is passed over
+
+
+def test_draw_rows_draws_what_multinomial_draws_row_by_row():
+    """Each row's token from its own generator, as `torch.multinomial(p, 1, generator=g)` draws it,
+    zero-probability tokens (top-k) included."""
+    import torch
+
+    from model.unified.sampling import draw_rows
+
+    probs = torch.randn(40, 587).mul(3).softmax(-1)
+    probs[::3, 100:] = 0.0  # some rows with most of the vocabulary masked
+    expected = torch.cat([torch.multinomial(p, 1, generator=torch.Generator().manual_seed(k))
+                          for k, p in enumerate(probs)])
+    drawn = draw_rows(probs, [torch.Generator().manual_seed(k) for k in range(40)])
+    assert drawn.shape == (40,) and torch.equal(drawn, expected)
+    assert (drawn[::3] < 100).all()
+
+
+def test_a_roomy_cache_writes_in_place_and_generates_what_a_dynamic_cache_does():
+    """Same tokens and keys as transformers' `DynamicCache`, through rows dropped between calls
+    (`batch_select_indices`) and regrowth; within its room a step copies nothing."""
+    import torch
+    from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+
+    from model.unified.roomy_cache import roomy_cache
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128)
+    lm = LlamaForCausalLM(cfg).eval()
+    ids = torch.randint(0, 50, (4, 7))
+
+    def two_calls(cache):
+        first = lm.generate(input_ids=ids, cache=cache, do_sample=False, max_new_tokens=6, pad_token_id=0)
+        cache.batch_select_indices(torch.tensor([0, 2]))
+        second = lm.generate(input_ids=first[[0, 2]], cache=cache, do_sample=False, max_new_tokens=9, pad_token_id=0)
+        return first, second, cache.layers[1].keys
+
+    plain, roomy = two_calls(DynamicCache(config=cfg)), two_calls(roomy_cache(cfg, room=5))
+    assert torch.equal(plain[0], roomy[0]) and torch.equal(plain[1], roomy[1])
+    assert torch.allclose(plain[2], roomy[2]) and roomy[2].shape == (2, 4, 7 + 6 + 9 - 1, 8)
+
+    cache = roomy_cache(cfg, room=5)
+    with torch.no_grad():
+        lm(input_ids=ids, cache=cache)
+        buffer = cache.layers[0].buffers[0]
+        for _ in range(5):
+            lm(input_ids=ids[:, :1], cache=cache)
+            assert cache.layers[0].buffers[0] is buffer  # written in place
+        lm(input_ids=ids[:, :1], cache=cache)
+    assert cache.layers[0].buffers[0] is not buffer and cache.get_seq_length() == 13  # out of room: regrown

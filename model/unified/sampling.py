@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from model.unified.roomy_cache import roomy_cache
 from model.unified.sequences import Layout
 from model.unified.vocab import CODE0
 
@@ -68,8 +69,7 @@ class ImageSpanSampler(LogitsProcessor):
         if self.top_k:
             kth = logits.topk(min(self.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = logits.softmax(-1).cpu()
-        return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self.generators)])
+        return draw_rows(logits.softmax(-1).cpu(), self.generators)
 
 
 class VerdictGate(LogitsProcessor):
@@ -114,11 +114,22 @@ class RowSampler(LogitsProcessor):
         if not drawn:
             return out
         probs = (scores[drawn].float() / max(self.temperature, 1e-6)).softmax(-1).cpu()
-        chosen = torch.cat([torch.multinomial(p, 1, generator=self.generators[j]) for p, j in zip(probs, drawn)])
+        chosen = draw_rows(probs, [self.generators[j] for j in drawn])
         out = out.clone()
         out[drawn] = float("-inf")
         out[torch.tensor(drawn, device=scores.device), chosen.to(scores.device)] = 0.0
         return out
+
+
+def draw_rows(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """One token per row of `probs` (n, vocab), each from its row's generator: what
+    `torch.multinomial(p, 1, generator=g)` draws row by row (its own algorithm for one sample:
+    argmax of p / q with q ~ Exp(1)), at a quarter of the cost (one call per row was 9-11% of a
+    288-row critic batch). Same tokens to the row (tested)."""
+    q = torch.empty_like(probs)
+    for row, g in zip(q, generators):
+        row.exponential_(generator=g)
+    return (probs / q).argmax(-1, keepdim=True).flatten()
 
 
 def left_pad(layout: Layout, rows: list[list[int]], device) -> dict[str, torch.Tensor]:
@@ -143,9 +154,9 @@ def sample_image_codes(model, layout: Layout, prefixes: list[list[int]], seeds: 
     start = batch["input_ids"].shape[1]
     sampler = ImageSpanSampler(start, n, layout.num_codes, layout.eoi,
                                seeds, guidance, temperature, top_k, sources, change_temperature)
-    out = model.generate(**batch, logits_processor=LogitsProcessorList([sampler]), do_sample=False,
-                         max_new_tokens=sampler.length + 1, min_new_tokens=sampler.length + 1,
-                         eos_token_id=layout.eoi, pad_token_id=layout.pad)
+    out = model.generate(**batch, cache=roomy_cache(model.config, room=sampler.length + 1), do_sample=False,
+                         logits_processor=LogitsProcessorList([sampler]), eos_token_id=layout.eoi,
+                         max_new_tokens=sampler.length + 1, min_new_tokens=sampler.length + 1, pad_token_id=layout.pad)
     span = out[:n, start:start + sampler.length]
     return (span[:, 1::2] if sources is not None else span) - CODE0
 
@@ -209,11 +220,9 @@ def shared_prefill(model, layout: Layout, prefixes: list[list[int]], device):
     with verdict votes writes 9 rows per image after one prefix, and the prefix (~72 tokens) is most
     of their compute (measured: 1.2 of 2.8 s for 256 sampled rows). `generate` then starts at the
     last prefix token, with the positions it would have given (left padding counted out)."""
-    from transformers import DynamicCache
-
     distinct: dict[tuple[int, ...], int] = {}
     which = torch.tensor([distinct.setdefault(tuple(p), len(distinct)) for p in prefixes], device=device)
-    cache = DynamicCache(config=model.config)
+    cache = roomy_cache(model.config)
     if len(distinct) == len(prefixes):
         return cache
     batch = left_pad(layout, [list(p) for p in distinct], device)
