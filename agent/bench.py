@@ -102,8 +102,9 @@ def bench_judge(cfg: RunConfig):
 
 def arm_configs(cfg: RunConfig, max_rounds: int) -> dict[str, RunConfig]:
     """The three arms: the config's models and batching, each with its own stop and search policy."""
-    def arm(rounds: int, search: SearchPolicy) -> RunConfig:
-        return cfg.model_copy(update={"stop": cfg.stop.model_copy(update={"max_rounds": rounds}), "search": search})
+    def arm(rounds: int, search: SearchPolicy) -> RunConfig:  # ending on the best round needs a judge
+        stop = {"max_rounds": rounds, "final": cfg.stop.final if search.judge else "last"}
+        return cfg.model_copy(update={"stop": cfg.stop.model_copy(update=stop), "search": search})
 
     n = reflection_budget(cfg, max_rounds)
     arms = {"one_shot": arm(0, SearchPolicy())}

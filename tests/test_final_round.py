@@ -65,6 +65,21 @@ def test_final_best_without_a_judge_is_a_config_error():
     assert RunConfig.model_validate(shipped).stop.final == "best"
 
 
+def test_the_embedded_critic_keeps_the_best_round_unless_told_otherwise():
+    """Default: the unified critic's settings judge every round and the best one is kept; saying any of
+    stop.final, search.judge or models.judge, or another critic, keeps what was said."""
+    cfg = RunConfig()
+    assert (cfg.stop.final, cfg.search.judge, cfg.models.judge) == ("best", "model", cfg.models.critic)
+    assert RunConfig.model_validate(cfg.model_dump(mode="json")) == cfg  # a run manifest reloads as it was
+    votes = RunConfig.model_validate({"models": {"critic": {"kind": "unified", "verdict_votes": 4}}})
+    assert votes.models.judge.verdict_votes == 4 and votes.stop.final == "best"
+    for said in ({"stop": {"final": "last"}}, {"search": {"judge": "verifier"}},
+                 {"models": {"critic": {"kind": "served", "base_url": "http://localhost:1", "model": "m"}}}):
+        other = RunConfig.model_validate(said)
+        assert other.stop.final == "last" and other.models.judge is None, said
+    assert RunConfig.model_validate({"search": {"judge": "verifier"}}).search.judge == "verifier"
+
+
 def test_the_unified_critic_and_judge_reflect_on_an_image_once(tiny_models):
     from model.unified.backend import UnifiedRoles
     from model.unified.config import UnifiedBackendConfig

@@ -261,7 +261,7 @@ def test_run_config_takes_a_search_and_builds_its_judge(tmp_path):
     cfg = RunConfig.load(path)
     assert cfg.search == SearchPolicy(best_of=3, judge="verifier")
     assert isinstance(make_judge(cfg), VerifierReward)
-    assert make_judge(RunConfig()) is None
+    assert make_judge(RunConfig.model_validate({"stop": {"final": "last"}})) is None
     path.write_text(yaml.safe_dump({"search": {"best_of": 3, "judge": "model"}}))
     with pytest.raises(ValueError, match="models.judge"):
         RunConfig.load(path)
