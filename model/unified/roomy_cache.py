@@ -56,9 +56,8 @@ class RoomyLayer(DynamicLayer):
 def roomy_cache(config, room: int = ROOM) -> DynamicCache:
     """A `DynamicCache` for `config`'s decoder whose layers are `RoomyLayer`s (full attention only);
     `room`: the tokens a call will add after its prompt, where known (one allocation then)."""
-    layers = config.get_text_config(decoder=True).num_hidden_layers
     cache = DynamicCache(config=config)
     if any(type(layer) is not DynamicLayer for layer in cache.layers):
         return cache  # sliding-window or linear layers: keep transformers' own
-    cache.layers = [RoomyLayer(room) for _ in range(layers)]
+    cache.layers = [RoomyLayer(room) for _ in cache.layers]
     return cache
