@@ -94,6 +94,8 @@ class Runtime:
     crowd: Crowd | None = None  # the sessions in flight, shared with the workers (full batches, no timer)
     task: Task | None = None  # None: the general critique format, no instruction check
     history: int = 0  # earlier rounds shown to the critic: [(image, reflection text), ...], oldest first
+    editor_redraws: bool = False  # the editor is the generator and redraws for `regenerate`: a round's redraws
+    # and edits go out in one batch (the embedded unified model writes both in one `generate`)
 
     def parse_critique(self, text: str) -> Critique:
         """The reflection read by the run's task (its instruction check), or in the general format."""
@@ -132,9 +134,10 @@ def build_graph(rt: Runtime, checkpointer=None, review: bool = False):
 
     def plan(state: LoopState, round_index: int) -> list[CandidateTask]:
         """Round 0 generates from the prompt; a revision edits the current image, or generates
-        again when the critic said so. Round r's seed is seed + r, as without search."""
+        again when the critic said so (through the editor, when it redraws). Round r's seed is seed + r,
+        as without search."""
         last = state.current if round_index > 0 else None
-        edit = last is not None and last.instruction != REGENERATE
+        edit = last is not None and (last.instruction != REGENERATE or rt.editor_redraws)
         return [CandidateTask(round=round_index, index=k, seed=candidate_seed(state.seed + round_index, k),
                               prompt=state.prompt, session_id=state.session_id,
                               instruction=last.instruction if edit else None, source=last.image if edit else None)
@@ -148,7 +151,8 @@ def build_graph(rt: Runtime, checkpointer=None, review: bool = False):
         else:
             source = await asyncio.to_thread(rt.store.load_image, task.source)
             past = await asyncio.to_thread(earlier_rounds, rt, task.session_id, task.round - 1) if rt.history else None
-            image, role = await rt.editor((source, task.instruction, task.seed, task.prompt, past)), "edit"
+            image = await rt.editor((source, task.instruction, task.seed, task.prompt, past))
+            role = "generate" if task.instruction == REGENERATE else "edit"
         seconds = time.perf_counter() - t0
         result = Candidate(round=task.round, index=task.index, image=await asyncio.to_thread(rt.store.put_image, image),
                           role=role, seconds=seconds)

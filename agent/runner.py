@@ -124,6 +124,7 @@ def make_runtime(store, generator, editor, critic, policy, judge=None, verifier=
         crowd=crowd,
         task=task,
         history=history,
+        editor_redraws=editor is generator and getattr(editor, "redraws", False),
     )
 
 

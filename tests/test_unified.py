@@ -165,7 +165,10 @@ def test_a_revision_asked_to_regenerate_is_a_fresh_drawing_of_the_prompt(tiny_un
     m = UnifiedModel.load(tiny_unified)
     prompts, seeds = ["a red circle", "two squares"], [4, 5]
     source = m.draw(["a blue triangle"] * 2, [7, 8])
+    calls, generate = [], m.lm.generate
+    m.lm.generate = lambda **kw: calls.append(1) or generate(**kw)
     revised = m.revise(prompts, source, ["regenerate", "remove the blue triangle"], seeds)
+    assert len(calls) == 1  # the redraw and the edit in one generate
     assert np.array_equal(revised[0], m.draw(prompts[:1], seeds[:1])[0])  # the same rows as a draw
     alone = m.revise(prompts[1:], source[1:], ["remove the blue triangle"], seeds[1:])[0]
     assert np.array_equal(revised[1], alone)  # an edit row is untouched by the redraw beside it

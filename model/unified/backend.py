@@ -23,7 +23,10 @@ def _shared(path: str | None, device: str) -> tuple[UnifiedModel, threading.Lock
 
 
 class UnifiedRoles:
-    """One object, every role; `path` names the folder for the run manifest."""
+    """One object, every role; `path` names the folder for the run manifest. Its revise draws afresh (the
+    generator's own drawing, same seed) for `regenerate`, so a round's redraws and edits share a batch."""
+
+    redraws = True
 
     def __init__(self, cfg: UnifiedBackendConfig):
         self.cfg = cfg

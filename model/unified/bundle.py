@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.unified.sampling import sample_image_codes, write_reflections
+from model.unified.sampling import ImageSpans, sample_spans, write_reflections
 from model.unified.sequences import Layout
 from model.unified.vq import decode, encode
 from policies.critique import REGENERATE, CritiqueError, parse_critique
@@ -159,11 +159,19 @@ class UnifiedModel:
 
     # the four tasks, batched
     def draw_codes(self, prompts: list[str], seeds: list[int], guidance: float | None = None) -> torch.Tensor:
+        return sample_spans(self.lm, self.layout, [self._drawings(prompts, seeds, guidance)])[0]
+
+    def _drawings(self, prompts: list[str], seeds: list[int], guidance: float | None = None) -> ImageSpans:
         s = self.settings
-        return sample_image_codes(self.lm, self.layout, [self.layout.draw_prefix(p) for p in prompts], seeds,
-                                  uncond_prefixes=[self.layout.draw_prefix(None)] * len(prompts),
-                                  guidance=s.guidance if guidance is None else guidance,
-                                  temperature=s.temperature, top_k=s.top_k)
+        return ImageSpans([self.layout.draw_prefix(p) for p in prompts], seeds,
+                          uncond_prefixes=[self.layout.draw_prefix(None)] * len(prompts),
+                          guidance=s.guidance if guidance is None else guidance, temperature=s.temperature,
+                          top_k=s.top_k)
+
+    def _changes(self, prefixes: list[list[int]], images: list[np.ndarray], seeds: list[int]) -> ImageSpans:
+        """Revisions or edits: the source's codes interleaved with the written ones."""
+        sources = encode(self.vq, as_canvas(images)) if images else None
+        return ImageSpans(prefixes, seeds, sources=sources, change_temperature=self.settings.change_temperature)
 
     def draw(self, prompts: list[str], seeds: list[int], guidance: float | None = None) -> list[np.ndarray]:
         return list(decode(self.vq, self.draw_codes(prompts, seeds, guidance)))
@@ -194,24 +202,19 @@ class UnifiedModel:
         """A reflection that asks to `regenerate` gets a fresh drawing of the prompt (as the loop does):
         a revision conditioned on the image it rejects copies too much of it (measured: 2 of 51 right
         against 20 of 114 fresh drawings of the same prompts, dev)."""
-        out: list[np.ndarray | None] = [None] * len(prompts)
+        if not prompts:
+            return []
         redraw = [k for k, i in enumerate(instructions) if i == REGENERATE]
         change = [k for k in range(len(prompts)) if instructions[k] != REGENERATE]
-        if redraw:
-            for k, img in zip(redraw, self.draw([prompts[k] for k in redraw], [seeds[k] for k in redraw])):
-                out[k] = img
-        if change:
-            prefixes = [self.layout.revise_prefix(prompts[k], instructions[k]) for k in change]
-            made = self._transform(prefixes, [images[k] for k in change], [seeds[k] for k in change])
-            for k, img in zip(change, made):
-                out[k] = img
-        return out
+        drawings = self._drawings([prompts[k] for k in redraw], [seeds[k] for k in redraw])
+        changes = self._changes([self.layout.revise_prefix(prompts[k], instructions[k]) for k in change],
+                                [images[k] for k in change], [seeds[k] for k in change])
+        codes = torch.cat(sample_spans(self.lm, self.layout, [drawings, changes]))  # one generate for both
+        made = dict(zip(redraw + change, decode(self.vq, codes)))
+        return [made[k] for k in range(len(prompts))]
 
     def edit(self, images: list[np.ndarray], instructions: list[str], seeds: list[int]) -> list[np.ndarray]:
         return self._transform([self.layout.edit_prefix(i) for i in instructions], images, seeds)
 
     def _transform(self, prefixes: list[list[int]], images: list[np.ndarray], seeds: list[int]) -> list[np.ndarray]:
-        sources = encode(self.vq, as_canvas(images))
-        codes = sample_image_codes(self.lm, self.layout, prefixes, seeds, sources=sources,
-                                   change_temperature=self.settings.change_temperature)
-        return list(decode(self.vq, codes))
+        return list(decode(self.vq, sample_spans(self.lm, self.layout, [self._changes(prefixes, images, seeds)])[0]))

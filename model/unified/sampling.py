@@ -1,9 +1,12 @@
 """Decoding of the unified LM with `generate`: image spans constrained by a logits processor (only
 image codes inside an image, the source's codes where a revision copies them, <eoi> at the end),
 classifier-free guidance between paired rows of one batch (one KV-cached forward for both), and
-per-row seeded sampling, so a session's image does not depend on what it was batched with."""
+per-row seeded sampling, so a session's image does not depend on what it was batched with. Drawings
+and revisions may share one `generate` (`sample_spans`), each kind's sampler on its own rows."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
@@ -141,24 +144,72 @@ def left_pad(layout: Layout, rows: list[list[int]], device) -> dict[str, torch.T
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
 
+@dataclass
+class ImageSpans:
+    """Images to write after `prefixes`: drawings (no `sources`) or revisions and edits (`sources` (n, 64),
+    interleaved). `uncond_prefixes` are the rows classifier-free guidance pairs them with."""
+
+    prefixes: list[list[int]]
+    seeds: list[int]
+    uncond_prefixes: list[list[int]] | None = None
+    guidance: float = 1.0
+    sources: torch.Tensor | None = None
+    temperature: float = 1.0
+    top_k: int = 0
+    change_temperature: float | None = None
+
+    def rows(self) -> list[list[int]]:
+        return self.prefixes + (self.uncond_prefixes if self.guidance != 1.0 and self.uncond_prefixes else [])
+
+    def sampler(self, start: int, layout: Layout) -> ImageSpanSampler:
+        return ImageSpanSampler(start, len(self.prefixes), layout.num_codes, layout.eoi, self.seeds, self.guidance,
+                                self.temperature, self.top_k, self.sources, self.change_temperature)
+
+
+class SpanBlocks(LogitsProcessor):
+    """Each group's sampler on its own block of rows of one batch. A block whose span is over writes <eoi>
+    (its rows have finished; generate pads them): drawings and revisions share one `generate`, whose
+    length is the longest span's, instead of one after the other."""
+
+    def __init__(self, samplers: list[ImageSpanSampler], sizes: list[int]):
+        self.samplers, self.sizes = samplers, sizes
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        ids, parts = input_ids.split(self.sizes), scores.split(self.sizes)
+        return torch.cat([s(i, p) for s, i, p in zip(self.samplers, ids, parts)])
+
+
+def sample_spans(model, layout: Layout, groups: list[ImageSpans]) -> list[torch.Tensor]:
+    """Codes (n, 64) of each group's images, all in one `generate`; every row is seeded by itself, so a
+    row writes what it writes in a batch of its own group alone (tested)."""
+    live = [g for g in groups if g.prefixes]
+    codes = iter(_one_generate(model, layout, live) if live else [])
+    return [next(codes) if g.prefixes else torch.empty((0, IMAGE_CODES), dtype=torch.long) for g in groups]
+
+
 @torch.inference_mode()
-def sample_image_codes(model, layout: Layout, prefixes: list[list[int]], seeds: list[int], *,
-                       uncond_prefixes: list[list[int]] | None = None, guidance: float = 1.0,
-                       sources: torch.Tensor | None = None, temperature: float = 1.0, top_k: int = 0,
-                       change_temperature: float | None = None) -> torch.Tensor:
-    """Codes (n, 64) of the images that follow each prefix (a draw, a revision or an edit)."""
-    n = len(prefixes)
-    rows = prefixes + (uncond_prefixes if guidance != 1.0 and uncond_prefixes else [])
+def _one_generate(model, layout: Layout, groups: list[ImageSpans]) -> list[torch.Tensor]:
+    sizes = [len(g.rows()) for g in groups]
     device = next(model.parameters()).device
-    batch = left_pad(layout, rows, device)
+    batch = left_pad(layout, [row for g in groups for row in g.rows()], device)
     start = batch["input_ids"].shape[1]
-    sampler = ImageSpanSampler(start, n, layout.num_codes, layout.eoi,
-                               seeds, guidance, temperature, top_k, sources, change_temperature)
-    out = model.generate(**batch, cache=roomy_cache(model.config, room=sampler.length + 1), do_sample=False,
-                         logits_processor=LogitsProcessorList([sampler]), eos_token_id=layout.eoi,
-                         max_new_tokens=sampler.length + 1, min_new_tokens=sampler.length + 1, pad_token_id=layout.pad)
-    span = out[:n, start:start + sampler.length]
-    return (span[:, 1::2] if sources is not None else span) - CODE0
+    samplers = [g.sampler(start, layout) for g in groups]
+    length = max(s.length for s in samplers)
+    out = model.generate(**batch, cache=roomy_cache(model.config, room=length + 1), do_sample=False,
+                         logits_processor=LogitsProcessorList([SpanBlocks(samplers, sizes)]), eos_token_id=layout.eoi,
+                         max_new_tokens=length + 1, min_new_tokens=min(s.length for s in samplers) + 1,
+                         pad_token_id=layout.pad)
+    codes, first = [], 0
+    for g, s, size in zip(groups, samplers, sizes):
+        span = out[first:first + len(g.prefixes), start:start + s.length]
+        codes.append((span[:, 1::2] if g.sources is not None else span) - CODE0)
+        first += size
+    return codes
+
+
+def sample_image_codes(model, layout: Layout, prefixes: list[list[int]], seeds: list[int], **spans) -> torch.Tensor:
+    """Codes (n, 64) of the images that follow each prefix (a draw, a revision or an edit)."""
+    return sample_spans(model, layout, [ImageSpans(prefixes, seeds, **spans)])[0]
 
 
 @torch.inference_mode()
