@@ -15,7 +15,6 @@ from rich.table import Column, Table
 from agent.cli_common import check_out_dir, config_task, folder_hash, load_models_or_refuse, load_run_config, read_specs
 from agent.errors import FAILED, OK, UsageError, fail, refusals
 from agent.metrics import fmt
-from agent.store import RunStore
 
 console = Console()
 PERF_SESSIONS = 32
@@ -95,6 +94,8 @@ def bench_cmd(
 
 def arms_status(out: Path) -> int:
     """0 when every session of every run under `out` is done, else 1 (with the runs named)."""
+    from agent.store import RunStore
+
     bad = [d.name for d in sorted(out.iterdir()) if (d / "manifest.json").is_file()
            and any(r.status != "done" for r in RunStore.open(d).sessions())]
     if bad:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from agent.errors import refusals
+from agent.files import StoreError
 from agent.metrics import Metrics, by_family, flips, fmt
-from agent.store import RunStore, StoreError
+
+if TYPE_CHECKING:
+    from agent.store import RunStore
 
 console = Console()
 
@@ -51,6 +55,8 @@ def inspect_cmd(
     show_flips: bool = typer.Option(False, "--flips", help="List the sessions that flipped (either way)."),
 ) -> None:
     """Accuracy by round and family, delta, i->c, c->i, stop reasons, calls and time per session."""
+    from agent.store import RunStore
+
     with refusals():
         stores = {run.name: RunStore.open(run)}
         if compare:

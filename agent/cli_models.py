@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import typer
 from rich.console import Console
 
@@ -154,6 +153,8 @@ def generate_cmd(
     device: str = typer.Option(None),
 ) -> None:
     """Draw prompts with the embedded model (a neural network; the world only checks its images)."""
+    import numpy as np
+
     from world.io import grid, save_png
 
     texts = _prompts(prompts)

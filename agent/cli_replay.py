@@ -14,7 +14,6 @@ from rich.console import Console
 
 from agent.cli_common import load_models_or_refuse, run_config
 from agent.errors import UsageError, exit_status, fail, read_text, refusals
-from agent.store import RunStore
 from agent.trajectory import SessionRecord
 
 console = Console()
@@ -37,6 +36,8 @@ def replay_cmd(
     Exit status: 0 the fork is done; 1 it failed or was left unfinished; 2 bad input or another
     process writes the run (nothing written).
     """
+    from agent.store import RunStore
+
     run = None
     try:
         with refusals():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import typer
 from rich.console import Console
 
@@ -117,6 +116,8 @@ def eval_reward_cmd(
 ) -> None:
     """The hacking gap: mean learned P(right) minus the verifier's rate, with accuracy, AUC and ECE,
     on fresh drawings, on an RL-trained policy's drawings and repairs, and on the runs' rounds."""
+    import numpy as np
+
     from agent.store import StoreError
     from model.unified.bundle import UnifiedModel
     from rewards.hacking import hacking_gap

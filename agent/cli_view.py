@@ -10,7 +10,6 @@ import typer
 from rich.console import Console
 
 from agent.errors import UsageError, fail, refusals
-from agent.store import RunStore
 
 errors = Console(stderr=True, soft_wrap=True)
 
@@ -33,6 +32,8 @@ def view_cmd(
     It only reads the runs (a run still being written can be watched), and answers only requests
     addressed to localhost or an IP address (Host header), so a web page cannot reach it by DNS rebinding.
     """
+    from agent.store import RunStore
+
     with refusals():
         if not 0 <= port <= 65535:
             raise UsageError(f"--port must be between 0 and 65535, got {port}")

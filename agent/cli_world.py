@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import click
-import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -114,6 +113,8 @@ def sample(
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same scenes."),
 ) -> None:
     """Render one correct scene per prompt."""
+    import numpy as np
+
     from world import parse_prompt, render, scene_for_prompt
     from world.grammar import PromptError
     from world.io import grid, save_png
@@ -195,6 +196,8 @@ def bench(
     seed: int = typer.Option(0),
 ) -> None:
     """Throughput of the world on one core: scene sampling, rendering, parsing + verifying."""
+    import numpy as np
+
     from world import check_image, parse_image, parse_prompt, random_scene, render, scene_for_prompt, suite
     from world.parse import same_objects
     from world.render import degrade

@@ -108,6 +108,14 @@ def test_commands_that_need_no_model_import_no_heavy_library(tmp_path, args):
     assert "heavy:  exit:" in out, out[-500:]
 
 
+@pytest.mark.parametrize("args", [["--help"], ["world", "--help"], ["bench", "--help"], ["inspect", "--help"]])
+def test_help_imports_not_even_numpy(args):
+    """Help reads no images or arrays: numpy and PIL (a sixth of its import time, measured) wait for a command."""
+    code = START.format(heavy=(*HEAVY, "numpy", "PIL"))
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120).stdout
+    assert "heavy:  exit: 0" in out, out[-500:]
+
+
 def test_world_images_are_readable_by_others_as_the_umask_allows(tmp_path):
     old = os.umask(0o022)
     try:
