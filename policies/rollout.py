@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from model.unified.sampling import left_pad, sample_image_codes
+from model.unified.sampling import ImageSpans, left_pad, sample_spans
 from model.unified.sequences import Layout
 from model.unified.vocab import CODE0, detokenize
 from policies.critique import REGENERATE, Critique, CritiqueError, parse_critique
@@ -73,22 +73,19 @@ class RepairRollout:
         images: dict[int, tuple[list[int], list[int], list[int]]] = {}  # row -> (given ids, span ids, span mask)
         edits = [i for i, c in enumerate(critiques) if c and c.verdict == "wrong" and c.instruction != REGENERATE]
         redraws = [i for i, c in enumerate(critiques) if c and c.instruction == REGENERATE]
-        if edits:
-            prefixes = [[lay.task["revise"], *parts[i][0], lay.sep, *lay.words(critiques[i].instruction), lay.boi]
-                        for i in edits]
-            sources = torch.tensor([parts[i][1] for i in edits])
-            codes = sample_image_codes(model, lay, prefixes, [seeds[i] for i in edits], sources=sources,
-                                       temperature=self.image_temperature)
-            for i, pre, src, new in zip(edits, prefixes, sources.tolist(), codes.tolist()):
-                span = [t for s, c in zip(src, new) for t in (CODE0 + s, CODE0 + c)]
-                images[i] = (pre, span, [0, 1] * len(new), new)
-        if redraws:
-            prefixes = [[lay.task["draw"], *parts[i][0], lay.boi] for i in redraws]
-            codes = sample_image_codes(model, lay, prefixes, [seeds[i] for i in redraws],
-                                       uncond_prefixes=[lay.draw_prefix(None)] * len(redraws), guidance=self.guidance,
-                                       temperature=self.image_temperature)
-            for i, pre, new in zip(redraws, prefixes, codes.tolist()):
-                images[i] = (pre, [CODE0 + c for c in new], [1] * len(new), new)
+        revise = [[lay.task["revise"], *parts[i][0], lay.sep, *lay.words(critiques[i].instruction), lay.boi]
+                  for i in edits]
+        draw = [[lay.task["draw"], *parts[i][0], lay.boi] for i in redraws]
+        sources = torch.tensor([parts[i][1] for i in edits]) if edits else None
+        revised, drawn = sample_spans(model, lay, [  # one generate for the batch's revisions and redraws
+            ImageSpans(revise, [seeds[i] for i in edits], sources=sources, temperature=self.image_temperature),
+            ImageSpans(draw, [seeds[i] for i in redraws], uncond_prefixes=[lay.draw_prefix(None)] * len(redraws),
+                       guidance=self.guidance, temperature=self.image_temperature)])
+        for i, pre, src, new in zip(edits, revise, sources.tolist() if edits else [], revised.tolist()):
+            span = [t for s, c in zip(src, new) for t in (CODE0 + s, CODE0 + c)]
+            images[i] = (pre, span, [0, 1] * len(new), new)
+        for i, pre, new in zip(redraws, draw, drawn.tolist()):
+            images[i] = (pre, [CODE0 + c for c in new], [1] * len(new), new)
         completion_ids, env_mask, made = [], [], []
         for i, refl in enumerate(reflections):
             ids, mask = list(refl), [1] * len(refl)
