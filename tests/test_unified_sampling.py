@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from model.ranks import Ranks
 from model.unified.bundle import FALLBACK, Sampling, UnifiedModel
 from model.unified.calibrate import choose_sampling
 from model.unified.config import DecodingConfig, SelfPlayConfig
@@ -211,3 +212,20 @@ def test_a_roomy_cache_writes_in_place_and_generates_what_a_dynamic_cache_does()
             assert cache.layers[0].buffers[0] is buffer  # written in place
         lm(input_ids=ids[:, :1], cache=cache)
     assert cache.layers[0].buffers[0] is not buffer and cache.get_seq_length() == 13  # out of room: regrown
+
+
+def test_a_self_play_round_may_train_on_a_task_mix_of_its_own(tiny_models):
+    from model.unified.config import UnifiedConfig
+    from model.unified.train import round_stream
+
+    cfg = UnifiedConfig.model_validate({"lm": {"batch_size": 4}, "selfplay": {"rounds": 2, "mix": [None, {"edit": 1}]}})
+    m = UnifiedModel.load(tiny_models / "unified")
+    task = lambda row: row[(row != m.layout.pad).nonzero()[0]].item()  # noqa: E731 - a row's first token
+    own = [task(row) for k in range(3) for row in round_stream(cfg, 1, m.vq, m.layout, Ranks())(k)["input_ids"]]
+    assert own == [m.layout.task["edit"]] * 12  # round 2's mix: edits only
+    lm = [task(row) for k in range(8) for row in round_stream(cfg, 0, m.vq, m.layout, Ranks())(k)["input_ids"]]
+    assert len(set(lm)) > 1  # round 1: the LM's own mix
+    with pytest.raises(ValueError, match="selfplay.mix lists 1 values for 2 rounds"):
+        SelfPlayConfig(rounds=2, mix=[{"edit": 1}])
+    with pytest.raises(ValueError, match="selfplay.mix weights"):
+        SelfPlayConfig(rounds=1, mix={"edit": -1, "draw": 2})

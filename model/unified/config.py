@@ -92,6 +92,8 @@ class SelfPlayConfig(Strict):
     regenerate_unmade_edits: bool = False
     # reflections of the rarer verdict repeated to match the other's count (one for all rounds, or per round)
     balance_verdicts: bool | list[bool] = False
+    # the task mix of the round's synthetic batches (one for every round, or one per round; null: the LM's own)
+    mix: dict[Task, float] | list[dict[Task, float] | None] | None = None
     # then the verdict gate's threshold, on this many own drawings of train prompts (0: no gate, 0.5)
     calibration_images: int = Field(512, ge=0)
     # P(right) as the share of this many reflections sampled at temperature 1 that say right (0: the greedy one's)
@@ -100,11 +102,14 @@ class SelfPlayConfig(Strict):
 
     @model_validator(mode="after")
     def _per_round_settings(self) -> SelfPlayConfig:
-        for name in ("steps", "guidance", "temperature", "balance_verdicts"):
+        for name in ("steps", "guidance", "temperature", "balance_verdicts", "mix"):
             value = getattr(self, name)
             if isinstance(value, list) and len(value) != self.rounds:
                 raise ValueError(f"selfplay.{name} lists {len(value)} values for {self.rounds} rounds: give one "
                                  "per round, or one value for all")
+        for mix in self.mix if isinstance(self.mix, list) else [self.mix]:
+            if mix is not None and (any(not math.isfinite(w) or w < 0 for w in mix.values()) or sum(mix.values()) <= 0):
+                raise ValueError(f"selfplay.mix weights must be >= 0 with a positive sum, got {mix}")
         if self.grow is not None and self.grow.round >= self.rounds:
             raise ValueError(f"selfplay.grow.round is {self.grow.round}, but there are {self.rounds} rounds (0-based)")
         for name, least in (("guidance", "at least 0"), ("temperature", "more than 0")):

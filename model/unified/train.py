@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from model.ranks import init_ranks
+from model.ranks import Ranks, init_ranks
 from model.recipe import pick_device, pin_config, training_record
 from model.unified.bundle import DEFAULT_MODEL, Sampling, UnifiedModel
 from model.unified.calibrate import calibrate, choose_sampling
@@ -100,8 +100,9 @@ def train_unified(cfg: UnifiedConfig, work: Path, export: Path | None = None, de
         if sp.per_round("balance_verdicts", r):
             saved["rows"] = balance_verdicts(saved["rows"], layout)
         offset = lm_cfg.steps + sp.steps_before(r)  # fresh synthetic batches, never the ones seen before
-        batches = lambda k, rows=saved["rows"], offset=offset, r=r: mixed_batch(  # noqa: E731
-            rows, sp.own_share, cfg.seed + r, k, lambda j: synthetic(offset + j), layout, lm_cfg.batch_size, ranks)
+        stream = round_stream(cfg, r, vq, layout, ranks)
+        batches = lambda k, rows=saved["rows"], offset=offset, r=r, stream=stream: mixed_batch(  # noqa: E731
+            rows, sp.own_share, cfg.seed + r, k, lambda j: stream(offset + j), layout, lm_cfg.batch_size, ranks)
         record = train_lm(lm, batches, steps=sp.per_round("steps", r), lr=sp.lr, warmup=0,
                           weight_decay=lm_cfg.weight_decay, state=work / f"selfplay{r}.pt", name=f"self-play {r + 1}",
                           device=dev, log=log, ranks=ranks)
@@ -117,6 +118,13 @@ def train_unified(cfg: UnifiedConfig, work: Path, export: Path | None = None, de
         choose_and_export(cfg, UnifiedModel(lm, tok, vq), stages, out, log)
     ranks.wait()
     return out if ranks.main else None
+
+
+def round_stream(cfg: UnifiedConfig, r: int, vq, layout: Layout, ranks: Ranks):
+    """Synthetic batch k of self-play round r: the LM's stream, or round r's own task mix (selfplay.mix)."""
+    mix = cfg.selfplay.per_round("mix", r)
+    lm_cfg = cfg.lm if mix is None else cfg.lm.model_copy(update={"mix": mix, "late_mix": None})
+    return lambda k: synthetic_batch(cfg.seed, k, lm_cfg, vq, layout, ranks)
 
 
 def choose_and_export(cfg: UnifiedConfig, model: UnifiedModel, stages: dict, out: Path, log) -> None:
