@@ -138,7 +138,7 @@ def test_decoding_is_constrained_seeded_and_batch_invariant(tiny_unified):
 
 def test_interleaved_spans_copy_the_source_codes(tiny_unified):
     from model.unified.bundle import UnifiedModel
-    from model.unified.sampling import sample_image_codes
+    from model.unified.sampling import ImageSpans, sample_spans
 
     m = UnifiedModel.load(tiny_unified)
     sources = torch.randint(0, 32, (2, 64))
@@ -152,7 +152,7 @@ def test_interleaved_spans_copy_the_source_codes(tiny_unified):
 
     m.lm.generate = spy
     prefixes = [m.layout.edit_prefix("remove the circle"), m.layout.edit_prefix("add a red square")]
-    sample_image_codes(m.lm, m.layout, prefixes, [0, 1], sources=sources)
+    sample_spans(m.lm, m.layout, [ImageSpans(prefixes, [0, 1], sources=sources)])
     span = seen[0][:, -129:]
     assert torch.equal(span[:, 0:128:2] - CODE0, sources)  # the given codes, at every other position
     assert ((span[:, 1:128:2] >= CODE0) & (span[:, 1:128:2] < CODE0 + 32)).all()  # written: image codes only

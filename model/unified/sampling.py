@@ -207,11 +207,6 @@ def _one_generate(model, layout: Layout, groups: list[ImageSpans]) -> list[torch
     return codes
 
 
-def sample_image_codes(model, layout: Layout, prefixes: list[list[int]], seeds: list[int], **spans) -> torch.Tensor:
-    """Codes (n, 64) of the images that follow each prefix (a draw, a revision or an edit)."""
-    return sample_spans(model, layout, [ImageSpans(prefixes, seeds, **spans)])[0]
-
-
 @torch.inference_mode()
 def write_reflections(model, layout: Layout, prefixes: list[list[int]], max_new_tokens: int = 160,
                       right_threshold: float = 0.5, chunk: int = 24, sample_seeds: list[int | None] | None = None):
