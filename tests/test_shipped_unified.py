@@ -95,6 +95,31 @@ def test_self_play_labels_regenerate_where_its_own_revision_failed(shipped):
     assert len(rows) == len(plain) and plain_stats["right"] == stats["right"]  # the same drawings, relabelled
 
 
+def test_self_play_keeps_its_own_revisions_that_pass_the_verifier(shipped):
+    """With `revise_tries`, every own revision of a fixing edit that the verifier passes is one more
+    revise row (source: its own drawing; target: that revision's codes); the rest is unchanged."""
+    import torch
+
+    from model.unified.selfplay import own_rows
+    from model.unified.vocab import CODE0
+    from model.unified.vq import decode
+
+    base, base_stats = own_rows(shipped, 64, 1.5, seed=3, log=lambda m: None, regenerate_unmade=True)
+    rows, stats = own_rows(shipped, 64, 1.5, seed=3, log=lambda m: None, regenerate_unmade=True, revise_tries=3)
+    assert 0 < stats["own_revisions_kept"] <= 3 * stats["edits_tried"]
+    assert stats["edits_made"] == base_stats["edits_made"]  # the labels follow the first try, as before
+    extra = [row for row in rows if row not in base]
+    assert len(rows) == len(base) + stats["own_revisions_kept"] and len(extra) >= 1
+    assert all(ids[0] == shipped.layout.task["revise"] for ids, _ in extra)
+    targets = torch.tensor([[t - CODE0 for t in labels if t >= CODE0] for _, labels in extra])
+    sources = torch.tensor([[ids[k] - CODE0 for k in range(len(ids) - 1) if labels[k + 1] >= CODE0][:64]
+                            for ids, labels in extra])
+    prompts = [shipped.tok.decode(ids[1:ids.index(shipped.layout.sep)]) for ids, _ in extra]
+    assert targets.shape == sources.shape == (len(extra), 64) and (targets != sources).any(dim=1).all()
+    passed = [check_image(p, image).ok for p, image in zip(prompts, decode(shipped.vq, targets))]
+    assert np.mean(passed) >= 0.8, passed  # re-encoded, a kept revision still passes (round trip ~0.96)
+
+
 def test_rows_that_finish_leave_the_batch_and_the_rest_write_the_same(shipped):
     """Reflections written a few tokens at a time, finished rows dropped (the default), equal those of
     one `generate` over the whole batch, verdict probabilities included."""

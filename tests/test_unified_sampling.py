@@ -229,3 +229,12 @@ def test_a_self_play_round_may_train_on_a_task_mix_of_its_own(tiny_models):
         SelfPlayConfig(rounds=2, mix=[{"edit": 1}])
     with pytest.raises(ValueError, match="selfplay.mix weights"):
         SelfPlayConfig(rounds=1, mix={"edit": -1, "draw": 2})
+
+
+def test_revise_tries_are_one_for_all_rounds_or_one_per_round():
+    assert SelfPlayConfig(rounds=3, revise_tries=[0, 0, 8]).per_round("revise_tries", 2) == 8
+    assert SelfPlayConfig(rounds=3, revise_tries=4).per_round("revise_tries", 0) == 4
+    with pytest.raises(ValueError, match="selfplay.revise_tries lists 2 values for 3 rounds"):
+        SelfPlayConfig(rounds=3, revise_tries=[0, 8])
+    with pytest.raises(ValueError):
+        SelfPlayConfig(rounds=1, revise_tries=-1)

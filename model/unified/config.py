@@ -90,6 +90,9 @@ class SelfPlayConfig(Strict):
     temperature: float | list[float] = 1.0
     # a wrong image whose fixing edit its own revise did not carry out is labelled `edit: regenerate`
     regenerate_unmade_edits: bool = False
+    # its own revise tries each wrong image's fixing edit this many times; a try the verifier passes is kept
+    # as a revise row (rejection sampling on revisions; 0: only the verifier's rendered corrections)
+    revise_tries: NonNegativeInt | list[NonNegativeInt] = 0  # one for every round, or one per round
     # reflections of the rarer verdict repeated to match the other's count (one for all rounds, or per round)
     balance_verdicts: bool | list[bool] = False
     # the task mix of the round's synthetic batches (one for every round, or one per round; null: the LM's own)
@@ -102,7 +105,7 @@ class SelfPlayConfig(Strict):
 
     @model_validator(mode="after")
     def _per_round_settings(self) -> SelfPlayConfig:
-        for name in ("steps", "guidance", "temperature", "balance_verdicts", "mix"):
+        for name in ("steps", "guidance", "temperature", "balance_verdicts", "mix", "revise_tries"):
             value = getattr(self, name)
             if isinstance(value, list) and len(value) != self.rounds:
                 raise ValueError(f"selfplay.{name} lists {len(value)} values for {self.rounds} rounds: give one "

@@ -21,13 +21,17 @@ from world.synth import PlacementError
 
 
 def own_rows(model: UnifiedModel, n_images: int, guidance: float, seed: int, batch: int = 64,
-             log=print, regenerate_unmade: bool = False) -> tuple[list[tuple[list[int], list[int]]], dict]:
+             log=print, regenerate_unmade: bool = False,
+             revise_tries: int = 0) -> tuple[list[tuple[list[int], list[int]]], dict]:
     """Token rows (reflect on every own image, revise every repairable wrong one) and their stats.
     With `regenerate_unmade`, a wrong image's fixing edit is first tried with the model's own revise;
     when that revision is not right, the reflection's label asks for `regenerate` instead: the critic
-    learns to ask for what its own hand can do (a fresh drawing is right ~7x as often, dev)."""
+    learns to ask for what its own hand can do (a fresh drawing is right ~7x as often, dev).
+    With `revise_tries`, its own revise tries each fixing edit that many times (seeds apart), and every
+    try the verifier passes is a revise row as well (rejection sampling, as for drawings): a target in
+    its own hand, whose unchanged patches are its own drawing's, not a fresh render's."""
     rng = np.random.default_rng([seed, 5])
-    rows, right, revisions, made, tried, layout = [], 0, 0, 0, 0, model.layout
+    rows, right, revisions, made, tried, kept, layout = [], 0, 0, 0, 0, 0, model.layout
     for b in range(0, n_images, batch):
         prompts = [train_prompt(rng) for _ in range(min(batch, n_images - b))]
         seeds = [int(s) for s in rng.integers(2**31, size=len(prompts))]
@@ -37,16 +41,24 @@ def own_rows(model: UnifiedModel, n_images: int, guidance: float, seed: int, bat
         parsed = [parse_image(image) for image in images]
         labels = [label_critique(p, reading_order(r.objects), r.blobs) for p, r in zip(prompts, parsed)]
         critiques = list(labels)  # what the reflection rows say
-        if regenerate_unmade:
-            edits = [k for k, c in enumerate(critiques) if c.verdict == "wrong" and c.instruction != REGENERATE]
+        edits = [k for k, c in enumerate(critiques) if c.verdict == "wrong" and c.instruction != REGENERATE]
+        passed = []  # (image, its own revision the verifier passes)
+        for t in range(max(int(regenerate_unmade), revise_tries) if edits else 0):
             out = model.revise([prompts[k] for k in edits], [images[k] for k in edits],
-                               [labels[k].instruction for k in edits], [seeds[k] + 1 for k in edits])
+                               [labels[k].instruction for k in edits], [seeds[k] + 1 + t for k in edits])
             for k, revised in zip(edits, out):
-                tried += 1
-                if check_image(prompts[k], revised).ok:
-                    made += 1
-                else:
-                    critiques[k] = critiques[k].model_copy(update={"instruction": REGENERATE})
+                ok = check_image(prompts[k], revised).ok
+                if ok and revise_tries:
+                    passed.append((k, revised))
+                if t == 0 and regenerate_unmade:  # the label follows the first try only
+                    tried, made = tried + 1, made + ok
+                    if not ok:
+                        critiques[k] = critiques[k].model_copy(update={"instruction": REGENERATE})
+        if passed:  # every try that passed, as rejection sampling keeps every sample that works
+            fixes = encode(model.vq, np.stack([revised for _, revised in passed])).tolist()
+            for (k, _), fixed in zip(passed, fixes):
+                rows.append(layout.example("revise", prompts[k], codes[k], fixed, labels[k].instruction))
+            kept += len(passed)
         for prompt, read, label, critique, source, own in zip(prompts, parsed, labels, critiques, codes,
                                                               drawn.tolist()):
             rows.append(layout.example("reflect", prompt, source, None, critique.text))
@@ -62,6 +74,8 @@ def own_rows(model: UnifiedModel, n_images: int, guidance: float, seed: int, bat
     stats = {"images": n_images, "right": right, "revisions": revisions}
     if regenerate_unmade:
         stats |= {"edits_tried": tried, "edits_made": made}
+    if revise_tries:
+        stats |= {"revise_tries": revise_tries, "own_revisions_kept": kept}
     return rows, stats
 
 
