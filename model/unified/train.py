@@ -90,7 +90,8 @@ def train_unified(cfg: UnifiedConfig, work: Path, export: Path | None = None, de
                 guidance, temperature = sp.drawing(r)
                 model = UnifiedModel(lm, tok, vq, Sampling(guidance=guidance, temperature=temperature))
                 rows, stats = own_rows(model, sp.images, guidance, cfg.seed + r, log=log,
-                                       regenerate_unmade=sp.regenerate_unmade_edits, revise_tries=sp.per_round("revise_tries", r))
+                                       regenerate_unmade=sp.regenerate_unmade_edits,
+                                       revise_tries=sp.per_round("revise_tries", r))
                 if sp.flawed:
                     more, flawed = flawed_rows(model, sp.flawed, cfg.seed + r)
                     rows, stats = rows + more, stats | flawed
