@@ -77,8 +77,9 @@ def parse_args(config: Path | None, work: Path, overrides: list[str] = ()):
 def build_reward(args: PolicyArguments, device: str):
     if args.reward_kind == "verifier":
         from rewards.verifier import VerifierReward
+        from tasks import load_task
 
-        return VerifierReward()
+        return VerifierReward(load_task("shapeworld").verify)  # the prompts are ShapeWorld's (build_prompts)
     from rewards.learned import LearnedReward
 
     return LearnedReward(args.reward_model, device)

@@ -213,3 +213,14 @@ def test_torchrun_two_processes(tiny_models, reward, tmp_path):
     record = json.loads((tmp_path / "work" / "policy" / "training.json").read_text())
     assert record["processes"] == 2 and record["steps"] == 2
     assert np.isfinite(record["last_log"].get("loss", 0.0))
+
+
+def test_the_verifier_ablation_builds_its_reward():
+    """`reward_kind: verifier` (with `allow_verifier`) scores with the task's exact verifier."""
+    from policies.grpo import PolicyArguments, build_reward
+    from world import render_one, scene_for_prompt
+
+    reward = build_reward(PolicyArguments(reward_kind="verifier", allow_verifier=True), "cpu")
+    image = render_one(scene_for_prompt("a red circle", np.random.default_rng(0)))
+    right, wrong = reward.score(["a red circle", "two blue squares"], [image, image])
+    assert (right.value, wrong.value) == (1.0, 0.0)
