@@ -36,6 +36,9 @@ class PolicyArguments:
     allow_verifier: bool = field(default=False, metadata={"help": "say that training on the verifier is meant"})
     fresh_per_family: int = field(default=16, metadata={"help": "train-suite prompts per family drawn now"})
     rounds: str = field(default="first", metadata={"help": "which rounds of the runs' sessions: first or all"})
+    wrong_share: float | None = field(default=None, metadata={
+        "help": "resample the images so that this share of them scores below 0.5 by the reward (null: as drawn): "
+                "a group of repair steps on an image all of them leave right teaches nothing"})
     draw_batch_size: int = 32
     max_reflection: int = field(default=96, metadata={"help": "tokens of a sampled reflection, at most"})
     image_temperature: float = field(default=1.0, metadata={"help": "sampling temperature of image codes"})
@@ -56,6 +59,8 @@ class PolicyArguments:
         if self.reward_kind == "verifier" and not self.allow_verifier:
             raise ValueError("the verifier is for evaluation: training on it is an ablation, say so with "
                              "allow_verifier: true")
+        if self.wrong_share is not None and not 0 < self.wrong_share < 1:
+            raise ValueError(f"wrong_share must be between 0 and 1 (exclusive), or null; got {self.wrong_share}")
         if self.rounds not in ("first", "all"):
             raise ValueError(f"rounds must be first or all, not {self.rounds!r}")
 
@@ -120,6 +125,20 @@ def build_prompts(model, reward, rows: list[dict], args: PolicyArguments, out: P
     return data
 
 
+def rebalance(data, wrong_share: float | None, seed: int):
+    """The images resampled (without repeats) so that `wrong_share` of them score below 0.5 by the reward."""
+    if wrong_share is None:
+        return data
+    low = [k for k, b in enumerate(data["before"]) if b < 0.5]
+    high = [k for k, b in enumerate(data["before"]) if b >= 0.5]
+    rng = np.random.default_rng([seed, 17])
+    n_low, n_high = len(low), round(len(low) * (1 - wrong_share) / wrong_share)
+    if n_high > len(high):  # too few right images: all of them, and the wrong ones cut to the share
+        n_low, n_high = min(len(low), round(len(high) * wrong_share / (1 - wrong_share))), len(high)
+    keep = [*rng.choice(low, n_low, replace=False), *rng.choice(high, n_high, replace=False)]
+    return data.select(sorted(int(k) for k in keep))
+
+
 def make_trainer(args: PolicyArguments, grpo, model_args, data, reward, start: Path, log: Callable[[str], None]):
     import torch
     from diffusers import VQModel
@@ -181,6 +200,7 @@ def train_policy(args: PolicyArguments, grpo, model_args, rows: list[dict], runs
     reward = reward if reward is not None else build_reward(args, device)
     with state.main_process_first():
         data = build_prompts(UnifiedModel.load(start), reward, rows, args, work / "prompts", log)
+    data = rebalance(data, args.wrong_share, grpo.seed)
     trainer = make_trainer(args, grpo, model_args, data, reward, start, log)
     log(f"grpo: {len(data)} images x {grpo.num_generations} repair steps, {grpo.max_steps} steps on "
         f"{state.num_processes} process(es), from {start}")

@@ -224,3 +224,19 @@ def test_the_verifier_ablation_builds_its_reward():
     image = render_one(scene_for_prompt("a red circle", np.random.default_rng(0)))
     right, wrong = reward.score(["a red circle", "two blue squares"], [image, image])
     assert (right.value, wrong.value) == (1.0, 0.0)
+
+
+def test_prompts_resampled_to_a_share_of_low_scored_images():
+    from datasets import Dataset
+
+    from policies.grpo import PolicyArguments, rebalance
+
+    data = Dataset.from_dict({"before": [0.1, 0.2, 0.9, 0.8, 0.7, 0.6, 0.95, 0.55], "k": list(range(8))})
+    half = rebalance(data, 0.5, seed=0)
+    assert sorted(b < 0.5 for b in half["before"]) == [False, False, True, True]
+    assert len(set(half["k"])) == 4  # no repeats
+    most = rebalance(data, 0.9, seed=0)  # too few low-scored images: all of them, the rest cut to match
+    assert sum(b < 0.5 for b in most["before"]) == 2 and len(most) == 2  # 0.9 of 2 rounds to no right one
+    assert rebalance(data, None, seed=0) is data
+    with pytest.raises(ValueError, match="wrong_share"):
+        PolicyArguments(reward_kind="verifier", allow_verifier=True, wrong_share=1.0)
