@@ -240,3 +240,10 @@ def test_prompts_resampled_to_a_share_of_low_scored_images():
     assert rebalance(data, None, seed=0) is data
     with pytest.raises(ValueError, match="wrong_share"):
         PolicyArguments(reward_kind="verifier", allow_verifier=True, wrong_share=1.0)
+
+
+def test_the_verifier_ablation_config_parses(tmp_path):
+    from policies.grpo import parse_args
+
+    args, grpo, _ = parse_args("configs/grpo-verifier.yaml", tmp_path, ["--wrong_share", "0.5"])
+    assert (args.reward_kind, args.allow_verifier, args.wrong_share, grpo.max_steps) == ("verifier", True, 0.5, 400)
