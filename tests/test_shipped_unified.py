@@ -78,13 +78,21 @@ def test_shipped_model_records_how_it_was_made():
     assert {"vq", "lm"} <= record["stages"].keys() and all("seconds" in s for s in trained.values())
 
 
-def test_self_play_labels_regenerate_where_its_own_revision_failed(shipped):
+@pytest.fixture(scope="module")
+def relabelled(shipped):
+    """Self-play rows of 64 own drawings whose unmade fixing edits ask for `regenerate` (shared by two tests)."""
+    from model.unified.selfplay import own_rows
+
+    return own_rows(shipped, 64, 1.5, seed=3, log=lambda m: None, regenerate_unmade=True)
+
+
+def test_self_play_labels_regenerate_where_its_own_revision_failed(shipped, relabelled):
     """Own wrong drawings whose fixing edit the model's revise did not carry out are labelled
     `edit: regenerate`; the rest keep the verifier's edit."""
     from model.unified.selfplay import own_rows
 
     plain, plain_stats = own_rows(shipped, 64, 1.5, seed=3, log=lambda m: None)
-    rows, stats = own_rows(shipped, 64, 1.5, seed=3, log=lambda m: None, regenerate_unmade=True)
+    rows, stats = relabelled
 
     def regenerates(rows):
         texts = [shipped.tok.decode(ids) for ids, _ in rows]  # words and marks spaced: "edit : regenerate"
@@ -95,7 +103,7 @@ def test_self_play_labels_regenerate_where_its_own_revision_failed(shipped):
     assert len(rows) == len(plain) and plain_stats["right"] == stats["right"]  # the same drawings, relabelled
 
 
-def test_self_play_keeps_its_own_revisions_that_pass_the_verifier(shipped):
+def test_self_play_keeps_its_own_revisions_that_pass_the_verifier(shipped, relabelled):
     """With `revise_tries`, every own revision of a fixing edit that the verifier passes is one more
     revise row (source: its own drawing; target: that revision's codes); the rest is unchanged."""
     import torch
@@ -104,7 +112,7 @@ def test_self_play_keeps_its_own_revisions_that_pass_the_verifier(shipped):
     from model.unified.vocab import CODE0
     from model.unified.vq import decode
 
-    base, base_stats = own_rows(shipped, 64, 1.5, seed=3, log=lambda m: None, regenerate_unmade=True)
+    base, base_stats = relabelled
     rows, stats = own_rows(shipped, 64, 1.5, seed=3, log=lambda m: None, regenerate_unmade=True, revise_tries=3)
     assert 0 < stats["own_revisions_kept"] <= 3 * stats["edits_tried"]
     assert stats["edits_made"] == base_stats["edits_made"]  # the labels follow the first try, as before
